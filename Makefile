@@ -1,0 +1,60 @@
+# Two commands set everything up on a fresh machine with Python 3.11:
+#   make run    the platform (web + worker, SQLite + embedded broker, demo data)
+#   make test   lint and the whole test suite, on SQLite and on PostgreSQL
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+export HOST ?= 127.0.0.1
+export PORT ?= 8000
+# PostgreSQL for the second test pass (.ci/run starts the server when it is down).
+TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/classifier_site
+PYTEST_ARGS ?=
+
+.PHONY: install install-dev run web worker migrate test test-sqlite test-postgres lint format clean
+
+$(BIN)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(BIN)/.installed-dev: $(BIN)/.installed requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(BIN)/.installed
+install-dev: $(BIN)/.installed-dev
+
+migrate: install
+	$(BIN)/python manage.py migrate --noinput
+
+run: migrate
+	$(BIN)/python manage.py seed_demo
+	@echo ""
+	@echo "  classifier_site: http://$(HOST):$(PORT)/"
+	@echo "  log in as admin; the first password is in var/initial-admin-password.txt"
+	@echo "  (or set DJANGO_SUPERUSER_USERNAME / DJANGO_SUPERUSER_PASSWORD before the first run)"
+	@echo ""
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start --procfile Procfile --port $(PORT)
+
+test: lint test-sqlite test-postgres
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# The whole suite on the embedded default (SQLite), then on PostgreSQL; Celery
+# integration tests run a real worker against Redis on loopback in both.
+test-sqlite: install-dev
+	env -u DATABASE_URL $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-postgres: install-dev
+	# No persistent connections: the live-server threads would keep the test database open.
+	DATABASE_URL=$(TEST_POSTGRES_URL) CONN_MAX_AGE=0 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+format: install-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf var/ .pytest_cache .ruff_cache

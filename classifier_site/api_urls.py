@@ -1,0 +1,21 @@
+"""REST API v1: routes of every app, the OpenAPI schema and its docs."""
+
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from classification.api import PredictView
+from datasets.api import DatasetViewSet
+from trainer.api import ModelVersionViewSet, TrainingJobViewSet
+
+router = DefaultRouter()
+router.register("datasets", DatasetViewSet, basename="dataset")
+router.register("jobs", TrainingJobViewSet, basename="job")
+router.register("models", ModelVersionViewSet, basename="model")
+
+urlpatterns = [
+    path("predict/", PredictView.as_view(), name="api-predict"),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("", include(router.urls)),
+]

@@ -1,0 +1,32 @@
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path, re_path
+from django.views.static import serve
+from health_check.views import HealthCheckView
+
+from classifier_site import views
+
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("healthz", views.healthz, name="healthz"),
+    path(
+        "readyz",
+        HealthCheckView.as_view(
+            checks=["health_check.checks.Database", "health_check.checks.Storage", "classifier_site.health.Broker"]
+        ),
+        name="readyz",
+    ),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+    path("datasets/", include("datasets.urls")),
+    path("jobs/", include("trainer.urls")),
+    path("predict/", include("classification.urls")),
+    path("api/v1/", include("classifier_site.api_urls")),
+]
+
+if settings.SERVE_MEDIA:
+    # Development only: in production a web server or the object store serves media.
+    prefix = settings.MEDIA_URL.lstrip("/")
+    urlpatterns += [re_path(rf"^{prefix}(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT})]
