@@ -1,0 +1,45 @@
+import json
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from classification.predictor import NoModelAvailable, get_predictor
+from datasets.imaging import ImageRejected
+
+
+class Command(BaseCommand):
+    help = "Classify image files with the serving model version."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("images", nargs="+", help="image files")
+        parser.add_argument("--top-k", type=int, default=3)
+        parser.add_argument("--json", action="store_true", help="one JSON object per image")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        failures = 0
+        for name in options["images"]:
+            result = self._predict(Path(name), options["top_k"])
+            failures += "error" in result
+            self.stdout.write(json.dumps(result) if options["json"] else _text(result))
+        if failures:
+            raise CommandError(f"{failures} of {len(options['images'])} images could not be classified")
+
+    def _predict(self, path: Path, top_k: int) -> dict[str, Any]:
+        try:
+            prediction = get_predictor().predict(path.read_bytes(), top_k=top_k)
+        except OSError as exc:
+            return {"image": str(path), "error": f"cannot read file: {exc.strerror}"}
+        except ImageRejected as exc:
+            return {"image": str(path), "error": f"not a usable image: {exc}"}
+        except NoModelAvailable as exc:
+            raise CommandError(str(exc)) from exc
+        scores = [{"label": s.label, "probability": round(s.probability, 6)} for s in prediction.scores]
+        return {"image": str(path), "model_version": prediction.version.pk, "predictions": scores}
+
+
+def _text(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return f"{result['image']}: ERROR {result['error']}"
+    best = ", ".join(f"{s['label']} {s['probability']:.1%}" for s in result["predictions"])
+    return f"{result['image']}: {best} (model v{result['model_version']})"

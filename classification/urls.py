@@ -1,0 +1,6 @@
+from django.urls import path
+
+from classification import views
+
+app_name = "classification"
+urlpatterns = [path("", views.predict_view, name="predict")]

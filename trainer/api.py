@@ -1,0 +1,86 @@
+"""Jobs and model versions API (admins): /api/v1/jobs/, /api/v1/models/."""
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, permissions, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from datasets.models import Dataset
+from trainer.ml.config import ConfigError, TrainConfig
+from trainer.models import ModelVersion, TrainingJob
+from trainer.selectors import job_list, model_version_list
+from trainer.services import TrainingRefused, model_version_promote, training_job_cancel, training_job_start
+
+
+class TrainingJobSerializer(serializers.ModelSerializer):
+    dataset = serializers.PrimaryKeyRelatedField(queryset=Dataset.objects.all())
+    config = serializers.JSONField(required=False, help_text="Fields of TrainConfig; omitted ones take defaults.")
+    model_version = serializers.PrimaryKeyRelatedField(read_only=True)
+
+    class Meta:
+        model = TrainingJob
+        fields = [
+            "id", "dataset", "config", "status", "progress", "epoch", "step", "steps", "images_per_second",
+            "history", "error", "device", "host", "created_at", "started_at", "finished_at", "model_version",
+        ]  # fmt: skip
+        read_only_fields = [f for f in fields if f not in ("dataset", "config")]
+
+    def validate_config(self, value: object) -> TrainConfig:
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("config must be an object")
+        try:
+            return TrainConfig.from_dict(value)
+        except ConfigError as exc:
+            raise serializers.ValidationError(str(exc)) from exc
+
+
+class TrainingJobViewSet(
+    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    serializer_class = TrainingJobSerializer
+    permission_classes = [permissions.IsAdminUser]
+    filterset_fields = ["dataset", "status"]
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return job_list(user=self.request.user)
+
+    def create(self, request: Request, *args: object, **kwargs: object) -> Response:
+        incoming = self.get_serializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        config = incoming.validated_data.get("config") or TrainConfig()
+        try:
+            job = training_job_start(dataset=incoming.validated_data["dataset"], config=config, user=request.user)
+        except TrainingRefused as exc:
+            return Response({"detail": str(exc)}, status.HTTP_400_BAD_REQUEST)
+        job.refresh_from_db()
+        return Response(self.get_serializer(job).data, status.HTTP_201_CREATED)
+
+    @extend_schema(request=None)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        job = training_job_cancel(job=self.get_object())
+        return Response(self.get_serializer(job).data)
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "name", "job", "dataset", "arch", "image_size", "classes", "metrics", "sha256",
+                  "is_promoted", "created_at"]  # fmt: skip
+        read_only_fields = fields
+
+
+class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = ModelVersionSerializer
+    permission_classes = [permissions.IsAdminUser]
+    filterset_fields = ["dataset", "is_promoted"]
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return model_version_list(user=self.request.user)
+
+    @extend_schema(request=None)
+    @action(detail=True, methods=["post"])
+    def promote(self, request: Request, pk: str | None = None) -> Response:
+        version = model_version_promote(version=self.get_object())
+        return Response(self.get_serializer(version).data)

@@ -1,0 +1,86 @@
+import json
+import time
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from datasets.models import Dataset
+from trainer.ml.config import ARCHITECTURES, ConfigError, TrainConfig
+from trainer.models import TrainingJob
+from trainer.services import TrainingRefused, training_job_run, training_job_start
+
+_CONFIG_OPTIONS = ("arch", "epochs", "batch_size", "learning_rate", "image_size", "seed")
+
+
+class Command(BaseCommand):
+    help = "Start a training job on a dataset (by name or id); it runs on a worker's `gpu` queue."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("dataset", help="dataset name or id")
+        parser.add_argument("--arch", choices=ARCHITECTURES)
+        parser.add_argument("--epochs", type=int)
+        parser.add_argument("--batch-size", type=int)
+        parser.add_argument("--learning-rate", type=float)
+        parser.add_argument("--image-size", type=int)
+        parser.add_argument("--seed", type=int)
+        parser.add_argument("--wait", action="store_true", help="wait for the job to finish, showing progress")
+        parser.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+        parser.add_argument("--inline", action="store_true", help="train in this process instead of on a worker")
+        parser.add_argument("--json", action="store_true", help="print the job as JSON")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        dataset = _find_dataset(options["dataset"])
+        try:
+            config = TrainConfig.from_dict({k: options[k] for k in _CONFIG_OPTIONS if options[k] is not None})
+        except ConfigError as exc:
+            raise CommandError(str(exc)) from exc
+        try:
+            job = training_job_start(dataset=dataset, config=config, enqueue=not options["inline"])
+        except TrainingRefused as exc:
+            raise CommandError(str(exc)) from exc
+        if options["inline"]:
+            training_job_run(job_id=job.pk)
+        elif options["wait"]:
+            self._wait(job, options["timeout"], quiet=options["json"])
+        job.refresh_from_db()
+        self._report(job, as_json=options["json"])
+        if job.status == "failed":
+            raise CommandError(f"job {job.pk} failed: {job.error}")
+
+    def _wait(self, job: TrainingJob, timeout: float | None, *, quiet: bool) -> None:
+        deadline = time.monotonic() + timeout if timeout else None
+        last = ""
+        while not job.is_finished:
+            if deadline and time.monotonic() > deadline:
+                raise CommandError(f"job {job.pk} still {job.status} after {timeout:g} s (is a worker running?)")
+            time.sleep(1)
+            job.refresh_from_db()
+            line = f"job {job.pk}: {job.status} epoch {job.epoch}/{job.epochs} ({job.progress:.0%})"
+            if line != last and not quiet:
+                self.stderr.write(line)
+                last = line
+
+    def _report(self, job: TrainingJob, *, as_json: bool) -> None:
+        version = getattr(job, "model_version", None)
+        summary = {
+            "job": job.pk,
+            "status": job.status,
+            "error": job.error,
+            "model_version": version.pk if version else None,
+            "accuracy": version.accuracy if version else None,
+        }
+        if as_json:
+            self.stdout.write(json.dumps(summary))
+            return
+        self.stdout.write(f"Job {job.pk}: {job.status}")
+        if version:
+            self.stdout.write(f"Model version {version.pk}, accuracy {version.accuracy:.4f} on its test split")
+
+
+def _find_dataset(ref: str) -> Dataset:
+    dataset = Dataset.objects.filter(name=ref).first()
+    if dataset is None and ref.isdigit():
+        dataset = Dataset.objects.filter(pk=int(ref)).first()
+    if dataset is None:
+        raise CommandError(f"no dataset named or numbered {ref!r}")
+    return dataset
