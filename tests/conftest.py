@@ -1,0 +1,129 @@
+"""Shared fixtures: an owner/member/outsider set of clients, generated datasets,
+a model trained for real on them, and a real Celery worker process."""
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+from django.test import Client
+
+from classifier_site.celery import app as celery_app
+from datasets.models import Dataset
+from datasets.services import dataset_create, images_add
+from tests.images import colour_items
+from trainer.ml.config import TrainConfig
+from trainer.models import ModelVersion
+from trainer.services import training_job_run, training_job_start
+
+ROOT = Path(__file__).resolve().parent.parent
+# Tests publish to, and workers consume from, a Redis database of their own.
+TEST_BROKER_URL = os.environ.get("TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_broker() -> None:
+    celery_app.conf.broker_url = TEST_BROKER_URL
+
+
+@pytest.fixture(autouse=True)
+def _isolated_files(settings: object, tmp_path: Path) -> None:
+    settings.MEDIA_ROOT = tmp_path / "media"  # type: ignore[attr-defined]
+    settings.MODEL_CACHE_DIR = tmp_path / "model-cache"  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_predictor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts like a new web process, with no model loaded."""
+    from classification import predictor
+
+    monkeypatch.setattr(predictor, "_predictor", predictor.Predictor())
+
+
+@pytest.fixture
+def member(django_user_model: type) -> object:
+    return django_user_model.objects.create_user(username="member", password="member-pass-123")
+
+
+@pytest.fixture
+def member_client(member: object) -> Client:
+    client = Client()
+    client.force_login(member)  # type: ignore[arg-type]
+    return client
+
+
+@pytest.fixture
+def colour_dataset(db: None) -> Dataset:
+    """Three easy classes (red, green, blue) of 40 noisy 16x16 images each."""
+    dataset = dataset_create(name="colours")
+    images_add(dataset=dataset, items=colour_items(40))
+    return dataset
+
+
+def train_now(dataset: Dataset, **config: object) -> ModelVersion:
+    """Train in this process (no worker) and return the version it produced."""
+    job = training_job_start(dataset=dataset, config=TrainConfig(**{"epochs": 4, **config}), enqueue=False)  # type: ignore[arg-type]
+    training_job_run(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == "succeeded", job.error
+    return job.model_version
+
+
+@pytest.fixture
+def trained_version(colour_dataset: Dataset) -> ModelVersion:
+    return train_now(colour_dataset)
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for a child process that shares this test's database, files and broker."""
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        url = f"sqlite:///{db['NAME']}"
+    else:
+        url = f"postgres://{db['USER'] or ''}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_ALLOW")}
+    env.update(
+        DATABASE_URL=url,
+        MEDIA_ROOT=str(settings.MEDIA_ROOT),
+        MODEL_CACHE_DIR=str(settings.MODEL_CACHE_DIR),
+        CELERY_BROKER_URL=TEST_BROKER_URL,
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture
+def celery_worker_process(transactional_db: None, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `celery worker` process on both queues, as `make run` starts it."""
+    redis.Redis.from_url(TEST_BROKER_URL).flushdb()  # no messages left by earlier tests
+    log = (tmp_path / "worker.log").open("wb")
+    command = [sys.executable, "-m", "celery", "-A", "classifier_site", "worker", "-Q", "default,gpu", "-c", "1",
+               "--without-gossip", "--without-mingle", "-l", "INFO"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
+    _wait_for_line(tmp_path / "worker.log", "ready.", proc, timeout=60)
+    proc.log_path = tmp_path / "worker.log"  # type: ignore[attr-defined]
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def _wait_for_line(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise AssertionError(f"worker did not start:\n{path.read_text(errors='replace')[-3000:]}")

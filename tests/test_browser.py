@@ -1,0 +1,71 @@
+"""A person's first visit, in Debian's Chromium: log in, train the demo, classify an image."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from datasets.models import Image
+
+pytestmark = [pytest.mark.browser, pytest.mark.worker]
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+# Chromium as root in a closed network: no sandbox, no background connections.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]  # fmt: skip
+
+
+@pytest.fixture
+def browser():
+    if not shutil.which(CHROMIUM):
+        if os.environ.get("REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); .ci/run installs it")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the
+    # test makes between browser steps are still plain synchronous ones.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+    del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+
+
+def test_demo_walkthrough(live_server, celery_worker_process, browser, monkeypatch, tmp_path, settings):
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "demo-pass-123")
+    call_command("seed_demo")
+    digit = Image.objects.filter(label__name="7", split="test").first()
+    sample = tmp_path / "seven.png"
+    sample.write_bytes((Path(settings.MEDIA_ROOT) / digit.file.name).read_bytes())
+
+    page = browser.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(f"{live_server.url}/")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", "demo-pass-123")
+    page.click("button:has-text('Log in')")
+    page.click("nav >> text=Datasets")
+    page.click("text=digits (demo)")
+    assert page.locator("table").first.inner_text().count("\n") >= 10  # ten classes
+    page.click("text=Train a model")
+    page.fill("input[name=epochs]", "6")
+    page.click("button:has-text('Start training')")
+    # htmx polls the job until it finishes; no reload needed.
+    page.wait_for_selector("[data-status=succeeded]", timeout=240_000)
+    assert float(page.locator(".accuracy").inner_text()) > 0.8
+    page.screenshot(path=str(tmp_path / "job.png"), full_page=True)
+
+    page.click("text=Classify an image")
+    page.set_input_files("input[name=image]", str(sample))
+    page.click("button:has-text('Classify')")
+    rows = page.locator("#prediction tbody tr")
+    assert rows.count() == 5
+    assert rows.first.locator(".label").inner_text() == "7"
+    page.screenshot(path=str(tmp_path / "predict.png"), full_page=True)
+    if shots := os.environ.get("SCREENSHOT_DIR"):
+        for name in ("job.png", "predict.png"):
+            shutil.copy(tmp_path / name, Path(shots) / name)

@@ -1,0 +1,42 @@
+"""docker-compose.yml and .env.example: no Docker engine here, so they are read and checked."""
+
+import re
+
+import yaml
+
+from tests.conftest import ROOT
+
+
+def _compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_has_the_four_services_with_health_checks():
+    services = _compose()["services"]
+    assert set(services) == {"web", "worker", "redis", "postgres"}
+    assert all("healthcheck" in s for s in services.values())
+    assert set(_compose()["volumes"]) == {"media", "postgres", "redis"}
+
+
+def test_worker_reserves_a_gpu_and_consumes_the_gpu_queue():
+    worker = _compose()["services"]["worker"]
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert "--queues gpu" in worker["command"] and "--concurrency 1" in worker["command"]
+
+
+def test_web_and_worker_wait_for_their_dependencies_and_share_media():
+    services = _compose()["services"]
+    for name in ("web", "worker"):
+        depends = services[name]["depends_on"]
+        assert depends["postgres"]["condition"] == depends["redis"]["condition"] == "service_healthy"
+        assert services[name]["env_file"] == ".env"
+        assert "media:/var/lib/classifier_site/media" in services[name]["volumes"]
+        assert services[name]["environment"]["CELERY_BROKER_URL"].startswith("redis://redis:")
+
+
+def test_env_example_lists_every_variable_settings_read():
+    read = set(re.findall(r'env\.\w+\("([A-Z_]+)"', (ROOT / "classifier_site" / "settings.py").read_text()))
+    listed = set(re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
+    assert read, "settings.py reads no variables?"
+    assert read - listed == set()

@@ -1,0 +1,82 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from datasets.imaging import ImageRejected, decode_image, load_array
+from tests.images import colour_image, encode
+
+
+def test_png_and_jpeg_decode_to_rgb():
+    for fmt in ("PNG", "JPEG"):
+        decoded = decode_image(colour_image("red", seed=1, size=20, fmt=fmt))
+        assert decoded.format == fmt
+        assert decoded.image.mode == "RGB"
+        assert (decoded.width, decoded.height) == (20, 20)
+
+
+def test_format_comes_from_bytes_not_name():
+    # A PNG is a PNG whatever it is called; only the bytes are given here.
+    assert decode_image(colour_image("blue", seed=2)).extension == "png"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty file"),
+        (b"\x00\x01random bytes" * 50, "not an image"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>', "not an image"),
+    ],
+)
+def test_non_images_are_rejected_with_a_reason(data, reason):
+    with pytest.raises(ImageRejected, match=reason):
+        decode_image(data)
+
+
+def test_truncated_jpeg_is_rejected():
+    data = colour_image("green", seed=3, size=64, fmt="JPEG")
+    with pytest.raises(ImageRejected, match="truncated"):
+        decode_image(data[: len(data) // 2])
+
+
+def test_decompression_bomb_is_rejected_before_decoding():
+    # 5000x5000 pixels in a few KB: refused from the header alone.
+    data = encode(np.zeros((5000, 5000), dtype=np.uint8))
+    assert len(data) < 100_000
+    with pytest.raises(ImageRejected, match="exceeds 1 megapixels"):
+        decode_image(data, max_pixels=1_000_000)
+
+
+def test_alpha_greyscale_and_16_bit_become_rgb():
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)  # fully transparent: white, as browsers show it
+    assert load_array(encode(rgba), 4)[0, 0].tolist() == [255, 255, 255]
+    grey = np.full((4, 4), 100, dtype=np.uint8)
+    assert load_array(encode(grey), 4)[0, 0].tolist() == [100, 100, 100]
+    deep = Image.fromarray(np.full((4, 4), 60000, dtype=np.uint16))
+    buffer = io.BytesIO()
+    deep.save(buffer, format="PNG")
+    assert load_array(buffer.getvalue(), 4)[0, 0].tolist() == [255, 255, 255]
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (30, 10), (10, 20, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees when displayed
+    buffer = io.BytesIO()
+    img.save(buffer, format="JPEG", exif=exif)
+    decoded = decode_image(buffer.getvalue())
+    assert (decoded.width, decoded.height) == (10, 30)
+
+
+def test_first_frame_of_animated_gif():
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    red = load_array(buffer.getvalue(), 8)[0, 0]
+    assert red[0] > 200 and red[2] < 50
+
+
+def test_load_array_resizes_to_model_input():
+    array = load_array(colour_image("red", seed=4, size=50), 32)
+    assert array.shape == (32, 32, 3) and array.dtype == np.uint8

@@ -1,0 +1,71 @@
+"""Settings come from the environment; each case runs in a fresh interpreter."""
+
+import json
+import secrets
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+PRODUCTION = {"DEBUG": "false", "SECRET_KEY": secrets.token_urlsafe(50), "ALLOWED_HOSTS": "classifier.example.com"}
+
+
+def _settings(env: dict[str, str], expr: str) -> subprocess.CompletedProcess[str]:
+    code = f"import django, json; django.setup(); from django.conf import settings as s; print(json.dumps({expr}))"
+    base = {
+        "PATH": "/usr/bin:/bin",
+        "DJANGO_SETTINGS_MODULE": "classifier_site.settings",
+        "VAR_DIR": env.pop("VAR_DIR"),
+    }
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=base | env, capture_output=True, text=True)
+
+
+def test_no_variables_means_sqlite_embedded_broker_and_local_media(tmp_path):
+    run = _settings(
+        {"VAR_DIR": str(tmp_path)},
+        "[s.DATABASES['default']['ENGINE'], s.CELERY_BROKER_URL, str(s.MEDIA_ROOT), s.DEBUG]",
+    )
+    engine, broker, media, debug = json.loads(run.stdout)
+    assert engine == "django.db.backends.sqlite3"
+    assert broker == f"sqla+sqlite:///{tmp_path}/celery-broker.sqlite3"
+    assert media == f"{tmp_path}/media" and debug is True
+
+
+def test_production_parts_are_switched_on_by_variables(tmp_path):
+    env = {"VAR_DIR": str(tmp_path), "DATABASE_URL": "postgres://u:p@db:5432/site", "CELERY_BROKER_URL": "redis://redis:6379/0",
+           "AWS_STORAGE_BUCKET_NAME": "media", "AWS_S3_ENDPOINT_URL": "http://minio:9000"}  # fmt: skip
+    run = _settings(env, "[s.DATABASES['default']['ENGINE'], s.CELERY_BROKER_URL, s.STORAGES['default']['BACKEND']]")
+    assert json.loads(run.stdout) == [
+        "django.db.backends.postgresql",
+        "redis://redis:6379/0",
+        "storages.backends.s3.S3Storage",
+    ]
+
+
+def test_production_refuses_to_start_without_secret_key_or_hosts(tmp_path):
+    no_key = _settings({"VAR_DIR": str(tmp_path), "DEBUG": "false", "ALLOWED_HOSTS": "a.example"}, "1")
+    assert no_key.returncode != 0 and "set SECRET_KEY" in no_key.stderr
+    no_hosts = _settings({"VAR_DIR": str(tmp_path), "DEBUG": "false", "SECRET_KEY": secrets.token_urlsafe(50)}, "1")
+    assert no_hosts.returncode != 0 and "set ALLOWED_HOSTS" in no_hosts.stderr
+
+
+def test_check_deploy_is_clean_with_production_settings(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "VAR_DIR": str(tmp_path), **PRODUCTION}
+    run = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+                         cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr + run.stdout
+
+
+def test_web_process_does_not_import_tensorflow(tmp_path):
+    code = ("import django, sys; django.setup(); import classifier_site.urls, classifier_site.wsgi; "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "VAR_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "classifier_site.settings"}
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.stdout.split() == ["False", "False"], run.stderr
+
+
+def test_migrations_are_complete(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "VAR_DIR": str(tmp_path)}
+    run = subprocess.run([sys.executable, "manage.py", "makemigrations", "--check", "--dry-run"],
+                         cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
