@@ -42,6 +42,7 @@ test: lint test-sqlite test-postgres
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy classifier_site datasets trainer classification
 
 # The whole suite on the embedded default (SQLite), then on PostgreSQL; Celery
 # integration tests run a real worker against Redis on loopback in both.

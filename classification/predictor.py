@@ -94,7 +94,7 @@ def _local_copy(version: ModelVersion) -> Path:
         cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_suffix(".partial")
         try:
-            with default_storage.open(version.file.name) as src, partial.open("wb") as dst:
+            with default_storage.open(str(version.file.name)) as src, partial.open("wb") as dst:
                 shutil.copyfileobj(src, dst)
         except OSError as exc:
             raise NoModelAvailable(f"Model file of version {version.pk} is missing.") from exc

@@ -41,10 +41,12 @@ class ClassCount:
 
 def dataset_class_counts(*, dataset: Dataset) -> list[ClassCount]:
     """Image counts per class and split, in one query."""
-    rows = Label.objects.filter(dataset=dataset).annotate(
-        **{s.value: Count("images", filter=Q(images__split=s.value)) for s in Split}
+    rows = (
+        Label.objects.filter(dataset=dataset)
+        .annotate(**{s.value: Count("images", filter=Q(images__split=s.value)) for s in Split})
+        .values_list("name", Split.TRAIN.value, Split.VALIDATION.value, Split.TEST.value)
     )
-    return [ClassCount(name=r.name, train=r.train, val=r.val, test=r.test) for r in rows]
+    return [ClassCount(name=name, train=train, val=val, test=test) for name, train, val, test in rows]
 
 
 def dataset_unlabelled_count(*, dataset: Dataset) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
@@ -45,7 +45,7 @@ class ImportReport:
         }
 
 
-def dataset_create(*, name: str, description: str = "", user: AbstractBaseUser | None = None) -> Dataset:
+def dataset_create(*, name: str, description: str = "", user: User | None = None) -> Dataset:
     name = name.strip()
     if not name:
         raise ValueError("A dataset needs a name.")

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
@@ -28,7 +28,7 @@ class TrainingRefused(Exception):
 
 
 def training_job_start(
-    *, dataset: Dataset, config: TrainConfig, user: AbstractBaseUser | None = None, enqueue: bool = True
+    *, dataset: Dataset, config: TrainConfig, user: User | None = None, enqueue: bool = True
 ) -> TrainingJob:
     """Freeze the dataset's snapshot, record the job and (unless the caller runs it
     itself) put it on the `gpu` queue once the transaction commits."""

