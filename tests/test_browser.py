@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from django.db import connections
 
 from datasets.models import Image
 
@@ -32,16 +33,24 @@ def browser():
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+        # A query made while Playwright's loop runs gets a connection of its own: close it
+        # too, or PostgreSQL cannot drop the test database.
+        connections.close_all()
     del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
-def test_demo_walkthrough(live_server, celery_worker_process, browser, monkeypatch, tmp_path, settings):
+@pytest.fixture
+def demo_seven(live_server, monkeypatch, tmp_path, settings) -> Path:
+    """The demo seeded as `make run` seeds it, and one test-split 7 from it as a file."""
     monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "demo-pass-123")
     call_command("seed_demo")
     digit = Image.objects.filter(label__name="7", split="test").first()
     sample = tmp_path / "seven.png"
     sample.write_bytes((Path(settings.MEDIA_ROOT) / digit.file.name).read_bytes())
+    return sample
 
+
+def test_demo_walkthrough(live_server, celery_worker_process, demo_seven, browser, tmp_path):
     page = browser.new_page()
     page.set_default_timeout(15_000)
     page.goto(f"{live_server.url}/")
@@ -60,7 +69,7 @@ def test_demo_walkthrough(live_server, celery_worker_process, browser, monkeypat
     page.screenshot(path=str(tmp_path / "job.png"), full_page=True)
 
     page.click("text=Classify an image")
-    page.set_input_files("input[name=image]", str(sample))
+    page.set_input_files("input[name=image]", str(demo_seven))
     page.click("button:has-text('Classify')")
     rows = page.locator("#prediction tbody tr")
     assert rows.count() == 5

@@ -48,11 +48,15 @@ class Command(BaseCommand):
             raise CommandError(f"job {job.pk} failed: {job.error}")
 
     def _wait(self, job: TrainingJob, timeout: float | None, *, quiet: bool) -> None:
-        deadline = time.monotonic() + timeout if timeout else None
-        last = ""
+        started = time.monotonic()
+        deadline = started + timeout if timeout else None
+        last, hinted = "", False
         while not job.is_finished:
             if deadline and time.monotonic() > deadline:
                 raise CommandError(f"job {job.pk} still {job.status} after {timeout:g} s (is a worker running?)")
+            if not hinted and job.status == "queued" and time.monotonic() - started > 30:
+                self.stderr.write("still queued after 30 s: is a `gpu` queue worker running? (make run starts one)")
+                hinted = True
             time.sleep(1)
             job.refresh_from_db()
             line = f"job {job.pk}: {job.status} epoch {job.epoch}/{job.epochs} ({job.progress:.0%})"
