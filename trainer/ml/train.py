@@ -92,7 +92,8 @@ def train(config: TrainConfig, data: TrainData, out_dir: Path, reporter: Reporte
 def _dataset(split: Split, config: TrainConfig, *, shuffle: bool) -> Any:
     ds = tf.data.Dataset.from_tensor_slices((split.x, split.y.astype("int32")))
     if shuffle:
-        ds = ds.shuffle(min(len(split), 10_000), seed=config.seed, reshuffle_each_iteration=True)
+        # A full shuffle, as model.fit does on arrays: the data is in memory already.
+        ds = ds.shuffle(len(split), seed=config.seed, reshuffle_each_iteration=True)
     return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
