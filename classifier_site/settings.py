@@ -104,6 +104,9 @@ else:
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Shared by web and worker processes (live import progress): files by default, Redis in production.
+CACHES = {"default": env.cache("CACHE_URL", default=f"filecache://{VAR_DIR / 'cache'}")}
+
 # --- Files ------------------------------------------------------------------------
 
 STATIC_URL = "static/"
@@ -153,6 +156,10 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = env.int("FILE_UPLOAD_MAX_MEMORY_SIZE", default=5 *
 # Largest single image the site decodes (pixels); larger ones are decompression bombs.
 MAX_IMAGE_PIXELS = env.int("MAX_IMAGE_PIXELS", default=40_000_000)
 PREDICT_MAX_UPLOAD_BYTES = env.int("PREDICT_MAX_UPLOAD_BYTES", default=10 * 1024 * 1024)
+# Largest dataset upload (an archive or a batch of files); larger requests get 413.
+IMPORT_MAX_UPLOAD_BYTES = env.int("IMPORT_MAX_UPLOAD_BYTES", default=4 * 1024**3)
+# Uploads beyond FILE_UPLOAD_MAX_MEMORY_SIZE spool to disk here, not in memory.
+FILE_UPLOAD_TEMP_DIR = env.str("FILE_UPLOAD_TEMP_DIR", default="") or None
 
 # --- Auth ---------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ rotated and converted the same way.
 """
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # by what the bytes are, whatever the file is called.
 ALLOWED_FORMATS = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp", "TIFF": "tif"}
 DEFAULT_MAX_PIXELS = 40_000_000
+# Markup inside an image file makes it an HTML/SVG polyglot that a browser could run.
+_MARKUP = re.compile(rb"<(?:html|head|body|script|svg|iframe|object|embed|!doctype)[\s>/]", re.IGNORECASE)
 
 
 class ImageRejected(ValueError):
@@ -56,6 +59,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         kind = (img.format if img is not None else None) or "image"
         raise ImageRejected(f"corrupt or truncated {kind} file") from exc
+    if _MARKUP.search(data):
+        raise ImageRejected(f"{img.format} file with HTML or script inside (polyglot)")
     return DecodedImage(image=rgb, format=str(img.format), width=rgb.width, height=rgb.height)
 
 

@@ -40,3 +40,31 @@ def write_zip(path: Path, entries: dict[str, bytes]) -> Path:
 
 def class_folder_zip(path: Path, per_class: int) -> Path:
     return write_zip(path, {f"{label}/{name}": data for name, data, label in colour_items(per_class)})
+
+
+def write_tar(path: Path, entries: dict[str, bytes]) -> Path:
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def cifar_tarball(path: Path, per_batch: int = 4) -> Path:
+    """A CIFAR-10 python tarball in the real layout, with `per_batch` images a batch."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    files = {"cifar-10-batches-py/batches.meta": pickle.dumps({b"label_names": names}, protocol=2)}
+    for batch in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        content = {
+            b"batch_label": batch.encode(),
+            b"labels": [int(v) for v in rng.integers(0, 10, per_batch)],
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+        }
+        files[f"cifar-10-batches-py/{batch}"] = pickle.dumps(content, protocol=2)
+    return write_tar(path, files)
