@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from classification.predictor import NoModelAvailable, Prediction, get_predictor
+from classifier_site.uploads import payload_too_large, too_large
 from datasets.imaging import ImageRejected
 
 
@@ -40,6 +41,8 @@ class PredictView(APIView):
 
     @extend_schema(request=PredictRequestSerializer, responses={200: PredictionSerializer})
     def post(self, request: Request) -> Response:
+        if too_large(request._request, settings.PREDICT_MAX_UPLOAD_BYTES):  # before the body is read
+            return payload_too_large(request._request, settings.PREDICT_MAX_UPLOAD_BYTES)  # type: ignore[return-value]
         incoming = PredictRequestSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         upload = incoming.validated_data["image"]

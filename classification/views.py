@@ -8,11 +8,13 @@ from django.shortcuts import render
 
 from classification.forms import PredictForm
 from classification.predictor import NoModelAvailable, get_predictor
+from classifier_site.uploads import limit_upload
 from datasets.imaging import ImageRejected
 from trainer.selectors import model_version_serving
 
 
 @login_required
+@limit_upload("PREDICT_MAX_UPLOAD_BYTES")
 def predict_view(request: HttpRequest) -> HttpResponse:
     form = PredictForm(request.POST or None, request.FILES or None)
     context: dict[str, object] = {"form": form, "serving": model_version_serving()}

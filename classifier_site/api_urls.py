@@ -5,11 +5,14 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from classification.api import PredictView
-from datasets.api import DatasetViewSet
+from datasets.api import DatasetViewSet, ImageViewSet, ImportViewSet, LabelViewSet
 from trainer.api import ModelVersionViewSet, TrainingJobViewSet
 
 router = DefaultRouter()
 router.register("datasets", DatasetViewSet, basename="dataset")
+router.register("images", ImageViewSet, basename="image")
+router.register("labels", LabelViewSet, basename="label")
+router.register("imports", ImportViewSet, basename="import")
 router.register("jobs", TrainingJobViewSet, basename="job")
 router.register("models", ModelVersionViewSet, basename="model")
 

@@ -116,8 +116,8 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns at every star
 
 MEDIA_URL = env.str("MEDIA_URL", default="/media/")
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(VAR_DIR / "media")))
-# Django serves media itself only where no web server or object store does.
-SERVE_MEDIA = env.bool("SERVE_MEDIA", default=DEBUG)
+# Media is never served as static files: images are admin-only and go through
+# views that check permissions (datasets.views.image_file_view).
 
 AWS_STORAGE_BUCKET_NAME = env.str("AWS_STORAGE_BUCKET_NAME", default="")
 if AWS_STORAGE_BUCKET_NAME:

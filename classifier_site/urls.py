@@ -1,8 +1,6 @@
-from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path, re_path
-from django.views.static import serve
+from django.urls import include, path
 from health_check.views import HealthCheckView
 
 from classifier_site import views
@@ -25,8 +23,3 @@ urlpatterns = [
     path("predict/", include("classification.urls")),
     path("api/v1/", include("classifier_site.api_urls")),
 ]
-
-if settings.SERVE_MEDIA:
-    # Development only: in production a web server or the object store serves media.
-    prefix = settings.MEDIA_URL.lstrip("/")
-    urlpatterns += [re_path(rf"^{prefix}(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT})]

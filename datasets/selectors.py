@@ -8,7 +8,7 @@ from django.db.models import Count, Q, QuerySet
 from django.http import Http404
 
 from classifier_site.permissions import is_admin
-from datasets.models import Dataset, Image, Label, Split
+from datasets.models import Dataset, DatasetImport, Image, Label, Split
 
 
 def dataset_list(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Dataset]:
@@ -82,3 +82,71 @@ def dataset_snapshot(*, dataset: Dataset) -> Snapshot:
         digest.update(f"{sha}\t{name}\t{split}\n".encode())
     images = [(pk, index[name], split) for pk, _, name, split in rows]
     return Snapshot(classes=classes, images=images, hash=digest.hexdigest())
+
+
+def image_list(*, dataset: Dataset, label: str = "", split: str = "", unlabelled: bool = False) -> QuerySet[Image]:
+    """A dataset's images, filtered by class id, split, or unlabelled only."""
+    images = Image.objects.filter(dataset=dataset).select_related("label").order_by("-id")
+    if unlabelled:
+        images = images.filter(label__isnull=True)
+    elif label.isdigit():
+        images = images.filter(label_id=int(label))
+    if split in Split.values:
+        images = images.filter(split=split)
+    return images
+
+
+def dataset_imports(*, dataset: Dataset) -> QuerySet[DatasetImport]:
+    return DatasetImport.objects.filter(dataset=dataset).select_related("created_by")
+
+
+def import_get(*, user: AbstractBaseUser | AnonymousUser, pk: int) -> DatasetImport:
+    if not is_admin(user):
+        raise Http404("No such import.")
+    try:
+        return DatasetImport.objects.select_related("dataset").get(pk=pk)
+    except DatasetImport.DoesNotExist:
+        raise Http404("No such import.") from None
+
+
+MIN_IMAGES_PER_CLASS = 20
+IMBALANCE_RATIO = 10
+
+
+def dataset_warnings(*, counts: list[ClassCount], unlabelled: int) -> list[str]:
+    """What a person should fix before training, in plain words."""
+    warnings = [
+        f"Class {c.name!r} has only {c.total} images; aim for at least {MIN_IMAGES_PER_CLASS}."
+        for c in counts
+        if c.total < MIN_IMAGES_PER_CLASS
+    ]
+    warnings += [f"Class {c.name!r} has no test images: its accuracy cannot be measured." for c in counts if not c.test]
+    sizes = [c.total for c in counts if c.total]
+    if len(sizes) > 1 and max(sizes) >= IMBALANCE_RATIO * min(sizes):
+        warnings.append(
+            f"Strong imbalance: the largest class has {max(sizes)} images, the smallest {min(sizes)} "
+            "(consider more images of the small classes)."
+        )
+    if len(counts) < 2:
+        warnings.append("Training needs at least two classes.")
+    if unlabelled:
+        warnings.append(f"{unlabelled} images are unlabelled; training ignores them.")
+    return warnings
+
+
+def label_get(*, user: AbstractBaseUser | AnonymousUser, pk: int) -> Label:
+    if not is_admin(user):
+        raise Http404("No such class.")
+    try:
+        return Label.objects.select_related("dataset").get(pk=pk)
+    except Label.DoesNotExist:
+        raise Http404("No such class.") from None
+
+
+def image_get(*, user: AbstractBaseUser | AnonymousUser, pk: int) -> Image:
+    if not is_admin(user):
+        raise Http404("No such image.")
+    try:
+        return Image.objects.get(pk=pk)
+    except Image.DoesNotExist:
+        raise Http404("No such image.") from None

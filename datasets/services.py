@@ -352,3 +352,48 @@ def _local_copy(name: str) -> Iterator[Path]:
             shutil.copyfileobj(stored, copy)
         copy.flush()
         yield Path(copy.name)
+
+
+# --- classes and images ----------------------------------------------------------------------
+
+
+def label_rename(*, label: Label, name: str) -> Label:
+    name = clean_label_name(name)
+    if Label.objects.filter(dataset=label.dataset_id, name=name).exclude(pk=label.pk).exists():
+        raise ValueError(f"The class {name!r} already exists: merge into it instead.")
+    label.name = name
+    label.save(update_fields=["name"])
+    return label
+
+
+def label_merge(*, source: Label, target: Label) -> Label:
+    """Move every image of `source` into `target`, then remove `source`."""
+    if source.dataset_id != target.dataset_id or source.pk == target.pk:
+        raise ValueError("Merge two different classes of the same dataset.")
+    with transaction.atomic():
+        Image.objects.filter(label=source).update(label=target)
+        source.delete()
+    return target
+
+
+def label_delete(*, label: Label) -> int:
+    """Remove a class; its images stay, unlabelled. Returns how many images that was."""
+    with transaction.atomic():
+        count = Image.objects.filter(label=label).update(label=None)
+        label.delete()
+    return count
+
+
+def images_delete(*, dataset: Dataset, ids: Iterable[int]) -> int:
+    """Delete images of `dataset` (ids of others are ignored) and, once committed, their files."""
+    images = Image.objects.filter(dataset=dataset, pk__in=list(ids))
+    names = [n for pair in images.values_list("file", "thumbnail") for n in pair if n]
+    with transaction.atomic():
+        count, _ = images.delete()
+        transaction.on_commit(lambda: _delete_files(set(names)))
+    return count
+
+
+def _delete_files(names: Iterable[str]) -> None:
+    for name in names:
+        default_storage.delete(name)

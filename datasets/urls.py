@@ -5,5 +5,11 @@ from datasets import views
 app_name = "datasets"
 urlpatterns = [
     path("", views.dataset_list_view, name="list"),
+    path("new/", views.dataset_create_view, name="create"),
     path("<int:pk>/", views.dataset_detail_view, name="detail"),
+    path("<int:pk>/upload/", views.dataset_upload_view, name="upload"),
+    path("<int:pk>/images/delete/", views.images_delete_view, name="images-delete"),
+    path("imports/<int:pk>/", views.import_detail_view, name="import"),
+    path("classes/<int:pk>/", views.label_edit_view, name="label"),
+    path("images/<int:pk>/<str:kind>/", views.image_file_view, name="image-file"),
 ]

@@ -1,10 +1,43 @@
 """Dataset pages (admins only)."""
 
-from django.contrib.admin.views.decorators import staff_member_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+import mimetypes
 
-from datasets.selectors import dataset_class_counts, dataset_get, dataset_list, dataset_unlabelled_count
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.core.cache import cache
+from django.core.files.storage import default_storage
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from classifier_site.permissions import admin_user
+from classifier_site.uploads import limit_upload
+from datasets.forms import DatasetForm, LabelMergeForm, LabelRenameForm, UploadForm
+from datasets.selectors import (
+    dataset_class_counts,
+    dataset_get,
+    dataset_imports,
+    dataset_list,
+    dataset_unlabelled_count,
+    dataset_warnings,
+    image_get,
+    image_list,
+    import_get,
+    label_get,
+)
+from datasets.services import (
+    images_delete,
+    import_create,
+    import_create_from_files,
+    import_progress_key,
+    label_delete,
+    label_merge,
+    label_rename,
+)
+
+GRID_PAGE_SIZE = 48
 
 
 @staff_member_required
@@ -13,11 +46,116 @@ def dataset_list_view(request: HttpRequest) -> HttpResponse:
 
 
 @staff_member_required
+def dataset_create_view(request: HttpRequest) -> HttpResponse:
+    form = DatasetForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        dataset = form.save(commit=False)
+        dataset.created_by = admin_user(request)
+        dataset.save()
+        messages.success(request, f"Dataset {dataset.name!r} created: now add images.")
+        return redirect("datasets:upload", pk=dataset.pk)
+    return render(request, "datasets/create.html", {"form": form})
+
+
+@staff_member_required
 def dataset_detail_view(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = dataset_get(user=request.user, pk=pk)
+    counts = dataset_class_counts(dataset=dataset)
+    unlabelled = dataset_unlabelled_count(dataset=dataset)
+    filters = {k: request.GET.get(k, "") for k in ("label", "split", "unlabelled")}
+    images = image_list(
+        dataset=dataset, label=filters["label"], split=filters["split"], unlabelled=bool(filters["unlabelled"])
+    )
     context = {
         "dataset": dataset,
-        "counts": dataset_class_counts(dataset=dataset),
-        "unlabelled": dataset_unlabelled_count(dataset=dataset),
+        "counts": counts,
+        "unlabelled": unlabelled,
+        "warnings": dataset_warnings(counts=counts, unlabelled=unlabelled),
+        "labels": dataset.labels.all(),
+        "imports": dataset_imports(dataset=dataset)[:10],
+        "page": Paginator(images, GRID_PAGE_SIZE).get_page(request.GET.get("page")),
+        "filters": filters,
+        "query": "&".join(f"{k}={v}" for k, v in filters.items() if v),
+        "chart": {
+            "labels": [c.name for c in counts],
+            "train": [c.train for c in counts],
+            "val": [c.val for c in counts],
+            "test": [c.test for c in counts],
+        },
     }
     return render(request, "datasets/detail.html", context)
+
+
+@staff_member_required
+@limit_upload("IMPORT_MAX_UPLOAD_BYTES")
+def dataset_upload_view(request: HttpRequest, pk: int) -> HttpResponse:
+    dataset = dataset_get(user=request.user, pk=pk)
+    form = UploadForm(request.POST, request.FILES) if request.method == "POST" else UploadForm()
+    if request.method == "POST" and form.is_valid():
+        user, label = admin_user(request), form.cleaned_data["label"]
+        try:
+            if form.cleaned_data["archive"]:
+                record = import_create(dataset=dataset, upload=form.cleaned_data["archive"], user=user, label=label)
+            else:
+                record = import_create_from_files(
+                    dataset=dataset, files=form.cleaned_data["images"], user=user, label=label
+                )
+        except ValueError as exc:
+            form.add_error("label", str(exc))
+        else:
+            return redirect("datasets:import", pk=record.pk)
+    return render(request, "datasets/upload.html", {"dataset": dataset, "form": form})
+
+
+@staff_member_required
+def import_detail_view(request: HttpRequest, pk: int) -> HttpResponse:
+    record = import_get(user=request.user, pk=pk)
+    template = "datasets/_import_progress.html" if request.headers.get("HX-Request") else "datasets/import.html"
+    return render(request, template, {"record": record, "live": cache.get(import_progress_key(record.pk))})
+
+
+@staff_member_required
+def image_file_view(request: HttpRequest, pk: int, kind: str) -> FileResponse:
+    """An image or its thumbnail, to admins only, from whatever storage holds it."""
+    image = image_get(user=request.user, pk=pk)
+    name = image.thumbnail.name if kind == "thumbnail" and image.thumbnail else image.file.name
+    if kind not in ("thumbnail", "original") or not name:
+        raise Http404("No such file.")
+    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    response = FileResponse(default_storage.open(name), content_type=content_type)
+    response["Cache-Control"] = "private, max-age=86400"  # content-addressed names never change
+    response["Content-Security-Policy"] = "default-src 'none'"
+    return response
+
+
+@staff_member_required
+@require_POST
+def images_delete_view(request: HttpRequest, pk: int) -> HttpResponse:
+    dataset = dataset_get(user=request.user, pk=pk)
+    ids = [int(i) for i in request.POST.getlist("image") if i.isdigit()]
+    count = images_delete(dataset=dataset, ids=ids)
+    messages.success(request, f"Deleted {count} images.")
+    return redirect(f"{reverse('datasets:detail', args=[dataset.pk])}?{request.POST.get('query', '')}")
+
+
+@staff_member_required
+def label_edit_view(request: HttpRequest, pk: int) -> HttpResponse:
+    label = label_get(user=request.user, pk=pk)
+    rename = LabelRenameForm(request.POST if "rename" in request.POST else None, initial={"name": label.name})
+    merge = LabelMergeForm(request.POST if "merge" in request.POST else None, label=label)
+    try:
+        if rename.is_valid():
+            label_rename(label=label, name=rename.cleaned_data["name"])
+            messages.success(request, f"Renamed to {label.name!r}.")
+            return redirect("datasets:detail", pk=label.dataset_id)
+        if merge.is_valid():
+            target = label_merge(source=label, target=merge.cleaned_data["into"])
+            messages.success(request, f"Merged into {target.name!r}.")
+            return redirect("datasets:detail", pk=label.dataset_id)
+        if request.method == "POST" and "delete" in request.POST:
+            count = label_delete(label=label)
+            messages.success(request, f"Class deleted; its {count} images are now unlabelled.")
+            return redirect("datasets:detail", pk=label.dataset_id)
+    except ValueError as exc:
+        rename.add_error("name", str(exc))
+    return render(request, "datasets/label.html", {"label": label, "rename": rename, "merge": merge})

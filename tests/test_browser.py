@@ -9,6 +9,7 @@ from django.core.management import call_command
 from django.db import connections
 
 from datasets.models import Image
+from tests.images import class_folder_zip
 
 pytestmark = [pytest.mark.browser, pytest.mark.worker]
 
@@ -78,3 +79,30 @@ def test_demo_walkthrough(live_server, celery_worker_process, demo_seven, browse
     if shots := os.environ.get("SCREENSHOT_DIR"):
         for name in ("job.png", "predict.png"):
             shutil.copy(tmp_path / name, Path(shots) / name)
+
+
+def test_upload_an_archive_and_inspect_the_dataset(live_server, celery_worker_process, admin_user, browser, tmp_path):
+    archive = class_folder_zip(tmp_path / "colours.zip", per_class=12)
+    page = browser.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", "password")
+    page.click("button:has-text('Log in')")
+    page.goto(f"{live_server.url}/datasets/new/")
+    page.fill("input[name=name]", "colours <b>&</b> co")
+    page.click("button:has-text('Create')")
+    page.set_input_files("input[name=archive]", str(archive))
+    page.click("button:has-text('Upload and import')")
+    # The XHR upload follows the redirect to the import page, which htmx polls.
+    page.wait_for_selector("#import-progress [data-status=succeeded]", timeout=120_000)
+    assert "36 images imported" in page.inner_text("#import-progress")
+    page.click("text=Back to the dataset")
+    assert page.locator(".tile").count() == 36
+    assert page.locator("h1").inner_text() == "colours <b>&</b> co"  # shown as text, not markup
+    assert page.evaluate("() => !!Chart.getChart('class-balance')")
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # thumbnails load lazily
+    page.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(tmp_path / "dataset.png"), full_page=True)
+    if shots := os.environ.get("SCREENSHOT_DIR"):
+        shutil.copy(tmp_path / "dataset.png", Path(shots) / "dataset.png")
