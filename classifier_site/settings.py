@@ -6,6 +6,7 @@ Celery over the embedded SQLite broker, media under var/media. Production parts
 `.env.example` lists every one of them.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -132,11 +133,15 @@ if AWS_STORAGE_BUCKET_NAME:
             "secret_key": env.str("AWS_SECRET_ACCESS_KEY", default="") or None,
             "default_acl": None,
             "querystring_auth": True,
-            "file_overwrite": False,
+            # Names are content hashes: rewriting one writes the same bytes.
+            "file_overwrite": True,
         },
     }
 else:
-    _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+    _default_storage = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"allow_overwrite": True},
+    }
 
 STORAGES = {
     "default": _default_storage,
@@ -156,6 +161,8 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = env.int("FILE_UPLOAD_MAX_MEMORY_SIZE", default=5 *
 # Largest single image the site decodes (pixels); larger ones are decompression bombs.
 MAX_IMAGE_PIXELS = env.int("MAX_IMAGE_PIXELS", default=40_000_000)
 PREDICT_MAX_UPLOAD_BYTES = env.int("PREDICT_MAX_UPLOAD_BYTES", default=10 * 1024 * 1024)
+# Threads that decode, hash and store images during an import.
+IMPORT_THREADS = env.int("IMPORT_THREADS", default=min(4, os.cpu_count() or 1))
 # Largest dataset upload (an archive or a batch of files); larger requests get 413.
 IMPORT_MAX_UPLOAD_BYTES = env.int("IMPORT_MAX_UPLOAD_BYTES", default=4 * 1024**3)
 # Uploads beyond FILE_UPLOAD_MAX_MEMORY_SIZE spool to disk here, not in memory.

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from datasets.models import Dataset, Image, Label
+from datasets.models import Dataset, DatasetImport, Image, Label
 
 
 @admin.register(Dataset)
@@ -23,3 +23,10 @@ class ImageAdmin(admin.ModelAdmin):
     search_fields = ["original_name", "sha256"]
     raw_id_fields = ["label"]
     readonly_fields = ["sha256", "width", "height", "file"]
+
+
+@admin.register(DatasetImport)
+class DatasetImportAdmin(admin.ModelAdmin):
+    list_display = ["id", "dataset", "original_name", "status", "format", "created_at"]
+    list_filter = ["status", "dataset"]
+    readonly_fields = ["report", "error", "format", "processed", "total", "started_at", "finished_at"]

@@ -23,6 +23,7 @@ from datasets.services import (
     import_create,
     import_create_from_files,
     import_progress_key,
+    import_retry,
     label_delete,
     label_merge,
     label_rename,
@@ -197,6 +198,15 @@ class ImportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 
     def get_queryset(self) -> QuerySet[DatasetImport]:
         return DatasetImport.objects.all()
+
+    @extend_schema(request=None, responses=ImportSerializer)
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str | None = None) -> Response:
+        try:
+            record = import_retry(record=self.get_object())
+        except ValueError as exc:
+            return Response({"detail": str(exc)}, status.HTTP_409_CONFLICT)
+        return Response(ImportSerializer(record).data)
 
     @extend_schema(request=ImportCreateSerializer, responses={201: ImportSerializer})
     def create(self, request: Request) -> Response:

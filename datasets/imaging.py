@@ -7,7 +7,6 @@ rotated and converted the same way.
 
 import io
 import re
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,18 +42,16 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
         raise ImageRejected("empty file")
     img: Image.Image | None = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            _check_header(img, max_pixels)
-            img.seek(0)  # first frame of animated or multi-page files
-            img.load()
-            rgb = _to_rgb(ImageOps.exif_transpose(img) or img)
+        img = Image.open(io.BytesIO(data))
+        _check_header(img, max_pixels)  # before any pixel is decoded
+        img.seek(0)  # first frame of animated or multi-page files
+        img.load()
+        rgb = _to_rgb(_upright(img))
     except ImageRejected:
         raise
     except UnidentifiedImageError as exc:
         raise ImageRejected("not an image") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageRejected(f"exceeds {max_pixels // 1_000_000} megapixels") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         kind = (img.format if img is not None else None) or "image"
@@ -62,6 +59,13 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
     if _MARKUP.search(data):
         raise ImageRejected(f"{img.format} file with HTML or script inside (polyglot)")
     return DecodedImage(image=rgb, format=str(img.format), width=rgb.width, height=rgb.height)
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    # Most files carry no orientation: skip exif_transpose's copy for them.
+    if img.getexif().get(0x0112, 1) == 1:
+        return img
+    return ImageOps.exif_transpose(img) or img
 
 
 def _check_header(img: Image.Image, max_pixels: int) -> None:

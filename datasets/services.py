@@ -15,8 +15,10 @@ import uuid
 import zipfile
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path, PurePosixPath
 
 from django.conf import settings
@@ -100,52 +102,63 @@ class _ImageWriter:
         self.labels: dict[str, Label] = {}
         self.batch: list[tuple[Image, str | None]] = []
         self.new: dict[int | None, list[tuple[int, str, str | None]]] = defaultdict(list)
-        self.written: list[str] = []
+        self.written: set[str] = set()
 
-    def add(self, entry: Entry) -> None:
+    def add_all(self, entries: Iterator[Entry], progress: Callable[[int], None] | None) -> None:
+        """Decode, hash and store in threads (Pillow, hashlib and file I/O release the GIL);
+        keep every database write in this thread."""
+        count = 0
+        with ThreadPoolExecutor(max_workers=settings.IMPORT_THREADS) as pool:
+            for chunk in _chunks(entries, 64 * settings.IMPORT_THREADS):
+                for prepared in pool.map(self._prepare, chunk):
+                    self._record(prepared)
+                count += len(chunk)
+                if progress:
+                    progress(count)
+
+    def _prepare(self, entry: Entry) -> "_Prepared":
+        """Everything about one entry that needs no database; runs in a worker thread."""
         if entry.skip or entry.data is None:
-            self.report.skipped.append((entry.name, entry.skip or "empty entry"))
-            return
+            return _Prepared(entry, reason=entry.skip or "empty entry")
         try:
-            label = self._label(entry.label) if entry.label else None
+            label = clean_label_name(entry.label) if entry.label else None
             decoded = decode_image(entry.data, max_pixels=settings.MAX_IMAGE_PIXELS)
         except (ImageRejected, ValueError) as exc:
-            self.report.skipped.append((entry.name, str(exc)))
-            return
+            return _Prepared(entry, reason=str(exc))
         sha = hashlib.sha256(entry.data).hexdigest()
         if sha in self.known:
+            return _Prepared(entry, sha=sha, label=label)
+        name = _store(f"datasets/{self.dataset.pk}/{sha[:2]}/{sha}.{decoded.extension}", entry.data)
+        thumb = name if max(decoded.width, decoded.height) <= THUMBNAIL_SIZE else self._thumbnail(decoded, sha)
+        return _Prepared(entry, sha=sha, label=label, file=name, thumbnail=thumb, size=(decoded.width, decoded.height))
+
+    def _record(self, prepared: "_Prepared") -> None:
+        entry = prepared.entry
+        self.written.update(n for n in (prepared.file, prepared.thumbnail) if n)
+        if prepared.reason:
+            self.report.skipped.append((entry.name, prepared.reason))
+            return
+        if prepared.sha in self.known:  # already in the dataset, or twice in this upload
             self.report.duplicates += 1
             return
-        self.known.add(sha)
-        self.batch.append((self._image(entry, decoded, sha, label), entry.split))
+        self.known.add(prepared.sha)
+        label = self._label(prepared.label) if prepared.label else None
+        image = Image(
+            dataset=self.dataset, file=prepared.file, thumbnail=prepared.thumbnail, original_name=entry.name[-300:],
+            sha256=prepared.sha, width=prepared.size[0], height=prepared.size[1], label=label, split=Split.TRAIN,
+        )  # fmt: skip
+        self.batch.append((image, entry.split))
         self.report.imported += 1
         self.report.per_class[label.name if label else "(unlabelled)"] += 1
         if len(self.batch) >= _BATCH:
             self.flush()
-
-    def _image(self, entry: Entry, decoded: DecodedImage, sha: str, label: Label | None) -> Image:
-        assert entry.data is not None
-        name = self._store(f"datasets/{self.dataset.pk}/{sha[:2]}/{sha}.{decoded.extension}", entry.data)
-        thumb = name if max(decoded.width, decoded.height) <= THUMBNAIL_SIZE else self._thumbnail(decoded, sha)
-        return Image(
-            dataset=self.dataset, file=name, thumbnail=thumb, original_name=entry.name[-300:], sha256=sha,
-            width=decoded.width, height=decoded.height, label=label, split=Split.TRAIN,
-        )  # fmt: skip
 
     def _thumbnail(self, decoded: DecodedImage, sha: str) -> str:
         small = decoded.image.copy()
         small.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
         buffer = io.BytesIO()
         small.save(buffer, format="JPEG", quality=85)
-        return self._store(f"thumbnails/{self.dataset.pk}/{sha[:2]}/{sha}.jpg", buffer.getvalue())
-
-    def _store(self, name: str, data: bytes) -> str:
-        # Content-addressed: an identical file left by an interrupted import is reused.
-        if default_storage.exists(name):
-            return name
-        name = default_storage.save(name, ContentFile(data))
-        self.written.append(name)
-        return name
+        return _store(f"thumbnails/{self.dataset.pk}/{sha[:2]}/{sha}.jpg", buffer.getvalue())
 
     def _label(self, name: str) -> Label:
         if name not in self.labels:
@@ -168,6 +181,34 @@ class _ImageWriter:
     def undo_files(self) -> None:
         for name in self.written:
             default_storage.delete(name)
+
+
+@dataclass
+class _Prepared:
+    entry: Entry
+    reason: str | None = None  # why it is skipped
+    sha: str = ""
+    label: str | None = None
+    file: str = ""  # names stored for it, so that a failed import can remove them
+    thumbnail: str = ""
+    size: tuple[int, int] = (0, 0)
+
+
+def _store(name: str, data: bytes) -> str:
+    # Names are content hashes and storage overwrites: a file left by an interrupted
+    # import is rewritten with the same bytes, never duplicated under another name.
+    return default_storage.save(name, ContentFile(data))
+
+
+def _chunks(entries: Iterator[Entry], size: int) -> Iterator[list[Entry]]:
+    chunk: list[Entry] = []
+    for entry in entries:
+        chunk.append(entry)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _assign_splits(
@@ -205,10 +246,7 @@ def _write(dataset: Dataset, entries: Iterator[Entry], progress: Callable[[int],
     writer = _ImageWriter(dataset)
     try:
         with transaction.atomic():
-            for count, entry in enumerate(entries, start=1):
-                writer.add(entry)
-                if progress:
-                    progress(count)
+            writer.add_all(entries, progress)
             writer.finish()
     except Exception:
         writer.undo_files()
@@ -305,6 +343,35 @@ def _execute(
     return record
 
 
+STALE_AFTER = timedelta(minutes=2)
+
+
+def import_is_stale(record: DatasetImport) -> bool:
+    """Running, but its worker has shown no progress for a while: it died."""
+    if record.status != ImportStatus.RUNNING or cache.get(import_progress_key(record.pk)) is not None:
+        return False
+    return record.started_at is None or record.started_at < timezone.now() - STALE_AFTER
+
+
+def import_retry(*, record: DatasetImport) -> DatasetImport:
+    """Queue a failed import again, or one whose worker died. The rows of a failed or
+    interrupted attempt were never committed, and its files are rewritten with the same
+    names, so a retry leaves nothing twice."""
+    if record.status == ImportStatus.SUCCEEDED:
+        raise ValueError("This import succeeded; upload the file again to import it again.")
+    if record.status == ImportStatus.QUEUED or (record.status == ImportStatus.RUNNING and not import_is_stale(record)):
+        raise ValueError("This import is still queued or running.")
+    if not record.source:
+        raise ValueError("The uploaded file is no longer kept; upload it again.")
+    requeued = DatasetImport.objects.filter(pk=record.pk, status=record.status).update(
+        status=ImportStatus.QUEUED, error="", started_at=None, finished_at=None
+    )
+    if requeued:
+        transaction.on_commit(lambda: _enqueue(record))
+    record.refresh_from_db()
+    return record
+
+
 def import_path(*, record: DatasetImport, path: Path, limits: Limits) -> ImportReport:
     """Import a local archive file into the record's dataset, reporting progress."""
     source = open_source(path, limits=limits, label=record.label or None)
@@ -320,7 +387,8 @@ def _progress_writer(import_id: int) -> Callable[[int], None]:
         nonlocal last
         now = time.monotonic()
         if now - last >= 0.5:
-            cache.set(import_progress_key(import_id), count, timeout=3600)
+            # Expires soon after the last write: its absence marks a dead worker.
+            cache.set(import_progress_key(import_id), count, timeout=int(STALE_AFTER.total_seconds()))
             last = now
 
     return write

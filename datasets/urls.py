@@ -10,6 +10,7 @@ urlpatterns = [
     path("<int:pk>/upload/", views.dataset_upload_view, name="upload"),
     path("<int:pk>/images/delete/", views.images_delete_view, name="images-delete"),
     path("imports/<int:pk>/", views.import_detail_view, name="import"),
+    path("imports/<int:pk>/retry/", views.import_retry_view, name="import-retry"),
     path("classes/<int:pk>/", views.label_edit_view, name="label"),
     path("images/<int:pk>/<str:kind>/", views.image_file_view, name="image-file"),
 ]

@@ -31,7 +31,9 @@ from datasets.services import (
     images_delete,
     import_create,
     import_create_from_files,
+    import_is_stale,
     import_progress_key,
+    import_retry,
     label_delete,
     label_merge,
     label_rename,
@@ -111,7 +113,8 @@ def dataset_upload_view(request: HttpRequest, pk: int) -> HttpResponse:
 def import_detail_view(request: HttpRequest, pk: int) -> HttpResponse:
     record = import_get(user=request.user, pk=pk)
     template = "datasets/_import_progress.html" if request.headers.get("HX-Request") else "datasets/import.html"
-    return render(request, template, {"record": record, "live": cache.get(import_progress_key(record.pk))})
+    context = {"record": record, "live": cache.get(import_progress_key(record.pk)), "stale": import_is_stale(record)}
+    return render(request, template, context)
 
 
 @staff_member_required
@@ -126,6 +129,16 @@ def image_file_view(request: HttpRequest, pk: int, kind: str) -> FileResponse:
     response["Cache-Control"] = "private, max-age=86400"  # content-addressed names never change
     response["Content-Security-Policy"] = "default-src 'none'"
     return response
+
+
+@staff_member_required
+@require_POST
+def import_retry_view(request: HttpRequest, pk: int) -> HttpResponse:
+    try:
+        import_retry(record=import_get(user=request.user, pk=pk))
+    except ValueError as exc:
+        messages.error(request, str(exc))
+    return redirect("datasets:import", pk=pk)
 
 
 @staff_member_required

@@ -178,3 +178,43 @@ def test_dataset_api_is_for_admins(member, path):
     assert client.get(path).status_code == 401
     client.force_authenticate(member)
     assert client.get(path).status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)
+def test_failed_import_can_be_retried_from_its_page(admin_client, tmp_path, monkeypatch):
+    dataset = Dataset.objects.create(name="retry")
+    admin_client.post(f"/datasets/{dataset.pk}/upload/", {"archive": _zip_upload(tmp_path)})
+    record = DatasetImport.objects.get()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("datasets.services._ImageWriter.finish", disk_full)
+    assert import_run(import_id=record.pk).status == ImportStatus.FAILED
+    page = admin_client.get(f"/datasets/imports/{record.pk}/").content.decode()
+    assert "Nothing was imported" in page and "Retry" in page
+    monkeypatch.undo()
+    admin_client.post(f"/datasets/imports/{record.pk}/retry/")
+    record.refresh_from_db()
+    assert record.status == ImportStatus.QUEUED and record.error == ""
+    assert import_run(import_id=record.pk).report["imported"] == 9
+    assert Image.objects.filter(dataset=dataset).count() == 9
+
+
+def test_retry_refuses_running_and_finished_imports_but_takes_stale_ones(api, tmp_path):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    dataset = Dataset.objects.create(name="d")
+    created = api.post("/api/v1/imports/", {"dataset": dataset.pk, "archive": _zip_upload(tmp_path)}).json()
+    record = DatasetImport.objects.get(pk=created["id"])
+    assert api.post(f"/api/v1/imports/{record.pk}/retry/").status_code == 409  # still queued
+    DatasetImport.objects.filter(pk=record.pk).update(status="running", started_at=timezone.now())
+    refused = api.post(f"/api/v1/imports/{record.pk}/retry/")
+    assert refused.status_code == 409 and "still queued or running" in refused.json()["detail"]
+    # Its worker died ten minutes ago: no progress since.
+    DatasetImport.objects.filter(pk=record.pk).update(started_at=timezone.now() - timedelta(minutes=10))
+    assert api.post(f"/api/v1/imports/{record.pk}/retry/").json()["status"] == "queued"
+    assert import_run(import_id=record.pk).status == ImportStatus.SUCCEEDED
+    assert api.post(f"/api/v1/imports/{record.pk}/retry/").status_code == 409
