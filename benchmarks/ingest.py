@@ -37,12 +37,13 @@ def peak_mb() -> float:
 def make_zip(tarball: Path, out: Path, limit: int | None) -> int:
     """A zip of class folders of PNGs, the way a person would export CIFAR-10."""
     sys.path.insert(0, str(ROOT))
-    from datasets.archives import open_source
+    from datasets.archives import encode_png, open_source
 
     count = 0
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
         for entry in open_source(tarball).entries:
-            archive.writestr(f"{entry.split}/{entry.label}/{count:05d}.png", entry.data or b"")
+            data = encode_png(entry.pixels) if entry.pixels is not None else entry.data or b""
+            archive.writestr(f"{entry.split}/{entry.label}/{count:05d}.png", data)
             count += 1
             if limit and count >= limit:
                 break

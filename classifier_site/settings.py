@@ -139,7 +139,7 @@ if AWS_STORAGE_BUCKET_NAME:
     }
 else:
     _default_storage = {
-        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "BACKEND": "classifier_site.storage.AtomicFileSystemStorage",
         "OPTIONS": {"allow_overwrite": True},
     }
 

@@ -31,7 +31,7 @@ from django.db.models import Count
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 
-from datasets.archives import ArchiveRefused, Entry, Limits, open_source
+from datasets.archives import ArchiveRefused, Entry, Limits, encode_png, open_source
 from datasets.imaging import DecodedImage, ImageRejected, decode_image
 from datasets.models import Dataset, DatasetImport, Image, ImportStatus, Label, Split
 
@@ -118,6 +118,8 @@ class _ImageWriter:
 
     def _prepare(self, entry: Entry) -> "_Prepared":
         """Everything about one entry that needs no database; runs in a worker thread."""
+        if entry.pixels is not None:  # pixels from a trusted decoder (CIFAR batches): encode them
+            entry.data, entry.pixels = encode_png(entry.pixels), None
         if entry.skip or entry.data is None:
             return _Prepared(entry, reason=entry.skip or "empty entry")
         try:
@@ -130,7 +132,8 @@ class _ImageWriter:
             return _Prepared(entry, sha=sha, label=label)
         name = _store(f"datasets/{self.dataset.pk}/{sha[:2]}/{sha}.{decoded.extension}", entry.data)
         thumb = name if max(decoded.width, decoded.height) <= THUMBNAIL_SIZE else self._thumbnail(decoded, sha)
-        return _Prepared(entry, sha=sha, label=label, file=name, thumbnail=thumb, size=(decoded.width, decoded.height))
+        size = (decoded.width, decoded.height)
+        return _Prepared(entry, sha=sha, label=label, file=name, thumbnail=thumb, size=size)
 
     def _record(self, prepared: "_Prepared") -> None:
         entry = prepared.entry
