@@ -41,10 +41,6 @@ THUMBNAIL_SIZE = 128
 _BATCH = 500
 
 
-class ImportFailed(Exception):
-    """The whole import was refused; nothing was kept. The message is for people."""
-
-
 @dataclass
 class ImportReport:
     imported: int = 0
@@ -330,7 +326,7 @@ def _execute(
     try:
         with open_path() as path:
             report = import_path(record=record, path=path, limits=limits)
-    except (ImportFailed, ArchiveRefused) as exc:
+    except ArchiveRefused as exc:
         _finish(record.pk, ImportStatus.FAILED, error=str(exc))
     except FileNotFoundError:
         _finish(record.pk, ImportStatus.FAILED, error="The uploaded file is missing; upload it again.")

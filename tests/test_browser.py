@@ -51,13 +51,19 @@ def demo_seven(live_server, monkeypatch, tmp_path, settings) -> Path:
     return sample
 
 
-def test_demo_walkthrough(live_server, celery_worker_process, demo_seven, browser, tmp_path):
+def _logged_in(browser, url: str, password: str):
+    """A new page, logged in as admin through the login form."""
     page = browser.new_page()
     page.set_default_timeout(15_000)
-    page.goto(f"{live_server.url}/")
+    page.goto(f"{url}/")  # redirected to the login page
     page.fill("input[name=username]", "admin")
-    page.fill("input[name=password]", "demo-pass-123")
+    page.fill("input[name=password]", password)
     page.click("button:has-text('Log in')")
+    return page
+
+
+def test_demo_walkthrough(live_server, celery_worker_process, demo_seven, browser, tmp_path):
+    page = _logged_in(browser, live_server.url, "demo-pass-123")
     page.click("nav >> text=Datasets")
     page.click("text=digits (demo)")
     assert page.locator("table").first.inner_text().count("\n") >= 10  # ten classes
@@ -83,12 +89,7 @@ def test_demo_walkthrough(live_server, celery_worker_process, demo_seven, browse
 
 def test_upload_an_archive_and_inspect_the_dataset(live_server, celery_worker_process, admin_user, browser, tmp_path):
     archive = class_folder_zip(tmp_path / "colours.zip", per_class=12)
-    page = browser.new_page()
-    page.set_default_timeout(15_000)
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.fill("input[name=username]", "admin")
-    page.fill("input[name=password]", "password")
-    page.click("button:has-text('Log in')")
+    page = _logged_in(browser, live_server.url, "password")  # pytest-django's admin_user
     page.goto(f"{live_server.url}/datasets/new/")
     page.fill("input[name=name]", "colours <b>&</b> co")
     page.click("button:has-text('Create')")
