@@ -11,15 +11,16 @@ import csv
 import io
 import os
 import pickle
+import struct
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from PIL import Image
 
 # Files that operating systems leave in archives; skipped without a word.
 IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
@@ -395,6 +396,19 @@ def _cifar_batch(batch: str, content: dict[bytes, Any], names: list[str], split:
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    """An 8-bit RGB PNG of `pixels` (h, w, 3). Written directly because Pillow's PNG
+    writer spends ~100 µs of Python per tiny image, 60,000 times for CIFAR-10."""
+    height, width = pixels.shape[:2]
+    rows = np.zeros((height, width * 3 + 1), dtype=np.uint8)  # filter byte 0 (none) per row
+    rows[:, 1:] = pixels.reshape(height, width * 3)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, truecolour
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
+        + _chunk(b"IEND", b"")
+    )
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))

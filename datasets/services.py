@@ -31,6 +31,7 @@ from django.db import connection, transaction
 from django.db.models import Count
 from django.utils import timezone
 from django.utils.text import get_valid_filename
+from PIL import Image as PILImage
 
 from datasets.archives import ArchiveRefused, Entry, Limits, encode_png, open_source
 from datasets.imaging import DecodedImage, ImageRejected, decode_image
@@ -116,15 +117,14 @@ class _ImageWriter:
 
     def _prepare(self, entry: Entry) -> "_Prepared":
         """Everything about one entry that needs no database; runs in a worker thread."""
-        if entry.pixels is not None:  # pixels from a trusted decoder (CIFAR batches): encode them
-            entry.data, entry.pixels = encode_png(entry.pixels), None
-        if entry.skip or entry.data is None:
+        if entry.pixels is None and (entry.skip or entry.data is None):
             return _Prepared(entry, reason=entry.skip or "empty entry")
         try:
             label = clean_label_name(entry.label) if entry.label else None
-            decoded = decode_image(entry.data, max_pixels=settings.MAX_IMAGE_PIXELS)
+            decoded = self._decode(entry)
         except (ImageRejected, ValueError) as exc:
             return _Prepared(entry, reason=str(exc))
+        assert entry.data is not None
         sha = hashlib.sha256(entry.data).hexdigest()
         if sha in self.known:
             return _Prepared(entry, sha=sha, label=label)
@@ -132,6 +132,16 @@ class _ImageWriter:
         thumb = name if max(decoded.width, decoded.height) <= THUMBNAIL_SIZE else self._thumbnail(decoded, sha)
         size = (decoded.width, decoded.height)
         return _Prepared(entry, sha=sha, label=label, file=name, thumbnail=thumb, size=size)
+
+    @staticmethod
+    def _decode(entry: Entry) -> DecodedImage:
+        if entry.pixels is None:
+            return decode_image(entry.data or b"", max_pixels=settings.MAX_IMAGE_PIXELS)
+        # Pixels a reader decoded itself (CIFAR batches): encode once, nothing to re-check.
+        height, width = entry.pixels.shape[:2]
+        image = PILImage.fromarray(entry.pixels)
+        entry.data, entry.pixels = encode_png(entry.pixels), None
+        return DecodedImage(image=image, format="PNG", width=width, height=height)
 
     def _record(self, prepared: "_Prepared") -> None:
         entry = prepared.entry

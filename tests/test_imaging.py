@@ -80,3 +80,12 @@ def test_first_frame_of_animated_gif():
 def test_load_array_resizes_to_model_input():
     array = load_array(colour_image("red", seed=4, size=50), 32)
     assert array.shape == (32, 32, 3) and array.dtype == np.uint8
+
+
+def test_encode_png_round_trips_through_pillow():
+    from datasets.archives import encode_png
+
+    pixels = np.random.default_rng(3).integers(0, 256, (32, 24, 3), dtype=np.uint8)
+    decoded = decode_image(encode_png(pixels))
+    assert decoded.format == "PNG" and (decoded.width, decoded.height) == (24, 32)
+    assert np.array_equal(np.asarray(decoded.image), pixels)
