@@ -37,13 +37,16 @@ def peak_mb() -> float:
 def make_zip(tarball: Path, out: Path, limit: int | None) -> int:
     """A zip of class folders of PNGs, the way a person would export CIFAR-10."""
     sys.path.insert(0, str(ROOT))
-    from datasets.archives import encode_png, open_source
+    from PIL import Image
+
+    from datasets.archives import open_source
 
     count = 0
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
         for entry in open_source(tarball).entries:
-            data = encode_png(entry.pixels) if entry.pixels is not None else entry.data or b""
-            archive.writestr(f"{entry.split}/{entry.label}/{count:05d}.png", data)
+            buffer = io.BytesIO()  # PNGs as an ordinary export writes them (Pillow's defaults)
+            Image.fromarray(entry.pixels).save(buffer, format="PNG")
+            archive.writestr(f"{entry.split}/{entry.label}/{count:05d}.png", buffer.getvalue())
             count += 1
             if limit and count >= limit:
                 break

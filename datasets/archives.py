@@ -295,18 +295,34 @@ def _tar_entries(path: Path, limits: Limits, label: str | None) -> Iterator[Entr
     try:
         with tarfile.open(path, "r:*") as tar:
             members = [m for m in tar.getmembers() if not m.isdir()]
-            strip = _common_folder([m.name for m in members if not _ignored(split_path(m.name))])
+            names = [m.name for m in members if not _ignored(split_path(m.name))]
+            strip = _common_folder(names)
+            manifest = _find_manifest(names, strip)
+            rows = _tar_manifest(tar, manifest, limits) if manifest else None
             for member in members:
                 parts = split_path(member.name)
-                if not _ignored(parts):
+                if not _ignored(parts) and member.name != manifest:
                     budget.entry()
-                    yield _tar_entry(tar, member, parts[strip:], budget, label)
+                    yield _tar_entry(tar, member, parts[strip:], budget, label, rows)
+            yield from _missing_from_manifest(rows)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ArchiveRefused(f"damaged tar archive ({exc})") from exc
 
 
+def _tar_manifest(tar: tarfile.TarFile, name: str, limits: Limits) -> dict[str, tuple[str | None, str | None]]:
+    stream = tar.extractfile(name)
+    if stream is None:
+        raise ArchiveRefused("the manifest is not a regular file")
+    return _manifest_rows(stream, limits)
+
+
 def _tar_entry(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, parts: tuple[str, ...], budget: _Budget, label: str | None
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    parts: tuple[str, ...],
+    budget: _Budget,
+    label: str | None,
+    rows: "dict[str, tuple[str | None, str | None]] | None",
 ) -> Entry:
     name = member.name
     problem = _problem(name, _suffix(name))
@@ -316,11 +332,13 @@ def _tar_entry(
         problem = "not a regular file"
     if problem:
         return Entry(name, skip=problem)
+    where = _where(parts, label, rows)
+    if isinstance(where, str):
+        return Entry(name, skip=where)
     stream = tar.extractfile(member)
     data = budget.read(stream, name) if stream else None
     if data is None:
         return Entry(name, skip=f"larger than {budget.limits.max_entry_bytes:,} bytes uncompressed")
-    where = place(parts, label)
     return Entry(name, data=data, label=where[0], split=where[1])
 
 

@@ -90,6 +90,13 @@ def test_csv_manifest_sets_labels_and_splits(dataset, tmp_path):
     }
 
 
+def test_csv_manifest_in_a_tar_gz(dataset, tmp_path):
+    manifest = b"filename,label\na.png,cat\nb.png,\n"
+    entries = {"m.csv": manifest, "a.png": colour_image("red", 1), "b.png": colour_image("blue", 2)}
+    record = _import(dataset, write_tar(tmp_path / "m.tar.gz", entries))
+    assert record.report["per_class"] == {"(unlabelled)": 1, "cat": 1}
+
+
 def test_manifest_with_an_unknown_split_refuses_the_import(dataset, tmp_path):
     archive = write_zip(tmp_path / "m.zip", {"m.csv": b"filename,label,split\na.png,cat,holdout\n"})
     record = _import(dataset, archive)
