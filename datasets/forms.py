@@ -46,7 +46,7 @@ class UploadForm(forms.Form):
     archive = forms.FileField(
         required=False,
         help_text="A zip or tar(.gz) of class folders (optionally under train/, val/, test/), a zip with a "
-        "CSV manifest (filename,label[,split]), a zip of unlabelled images, or the CIFAR-10 python tarball.",
+        "CSV manifest (filename,label[,split]) at its top, a zip of unlabelled images, or the CIFAR-10 python tarball.",
     )
     images = MultipleFileField(required=False, help_text="Or pick image files.")
     label = forms.CharField(required=False, max_length=200, help_text="Class for every image (optional).")
