@@ -169,7 +169,7 @@ def _zip_source(path: Path, limits: Limits, label: str | None) -> Source:
         raise ArchiveRefused(f"more than {limits.max_entries:,} entries")
     _check_overlaps(infos)
     names = [i.filename for i in infos if not _ignored(split_path(i.filename))]
-    strip = _common_folder(names)
+    strip = _common_folder([n for n in names if not _unsafe_path(n)])  # those are skipped anyway
     manifest = _find_manifest(names, strip)
 
     def entries() -> Iterator[Entry]:
@@ -296,7 +296,7 @@ def _tar_entries(path: Path, limits: Limits, label: str | None) -> Iterator[Entr
         with tarfile.open(path, "r:*") as tar:
             members = [m for m in tar.getmembers() if not m.isdir()]
             names = [m.name for m in members if not _ignored(split_path(m.name))]
-            strip = _common_folder(names)
+            strip = _common_folder([n for n in names if not _unsafe_path(n)])  # those are skipped anyway
             manifest = _find_manifest(names, strip)
             rows = _tar_manifest(tar, manifest, limits) if manifest else None
             for member in members:

@@ -67,6 +67,18 @@ def test_tar_gz_with_predefined_splits_and_a_wrapping_folder(dataset, tmp_path):
     assert set(images.filter(original_name__contains="/train/").values_list("split", flat=True)) <= {"train", "val"}
 
 
+def test_a_hostile_entry_does_not_hide_the_wrapping_folder(dataset, tmp_path):
+    entries = {
+        f"pets/{c}/{i}.png": colour_image("red" if c == "cat" else "blue", seed=i)
+        for c in ("cat", "dog")
+        for i in range(3)
+    }
+    entries["../evil.png"] = colour_image("green", seed=1)
+    record = _import(dataset, write_zip(tmp_path / "w.zip", entries))
+    assert record.report["per_class"] == {"cat": 3, "dog": 3}
+    assert _reasons(record) == {"../evil.png": "path escapes archive"}
+
+
 def test_zip_of_unlabelled_images(dataset, tmp_path):
     archive = write_zip(tmp_path / "u.zip", {f"img{i}.png": colour_image("red", seed=i) for i in range(4)})
     record = _import(dataset, archive)
