@@ -32,6 +32,10 @@ CIFAR_FOLDER = "cifar-10-batches-py"
 CHUNK = 1 << 20
 
 
+# A CSV manifest: file name (inside the archive) -> (class, predefined split).
+Manifest = dict[str, tuple[str | None, str | None]]
+
+
 class ArchiveRefused(Exception):
     """The whole archive is refused; the message says why, for people."""
 
@@ -204,7 +208,7 @@ def _zip_entry(
     parts: tuple[str, ...],
     budget: _Budget,
     label: str | None,
-    rows: "dict[str, tuple[str | None, str | None]] | None",
+    rows: Manifest | None,
 ) -> Entry:
     name = info.filename
     problem = _problem(name, _suffix(name))
@@ -229,9 +233,7 @@ def _zip_entry(
     return Entry(name, data=data, label=where[0], split=where[1])
 
 
-def _where(
-    parts: tuple[str, ...], label: str | None, rows: "dict[str, tuple[str | None, str | None]] | None"
-) -> tuple[str | None, str | None] | str:
+def _where(parts: tuple[str, ...], label: str | None, rows: Manifest | None) -> tuple[str | None, str | None] | str:
     if rows is None:
         return place(parts, label)
     key = "/".join(parts)
@@ -248,7 +250,7 @@ def _find_manifest(names: list[str], strip: int) -> str | None:
     return csvs[0] if len(csvs) == 1 else None
 
 
-def _manifest_rows(stream: IO[bytes], limits: Limits) -> dict[str, tuple[str | None, str | None]]:
+def _manifest_rows(stream: IO[bytes], limits: Limits) -> Manifest:
     """filename -> (class, split) from `filename,label[,split]` (a header row is required)."""
     raw = stream.read(limits.max_manifest_bytes + 1)
     if len(raw) > limits.max_manifest_bytes:
@@ -271,7 +273,7 @@ def _manifest_values(row: dict[str, str], columns: dict[str, str]) -> tuple[str 
     return label, SPLIT_FOLDERS.get(split)
 
 
-def _missing_from_manifest(rows: "dict[str, tuple[str | None, str | None]] | None") -> Iterator[Entry]:
+def _missing_from_manifest(rows: Manifest | None) -> Iterator[Entry]:
     for name in rows or {}:
         yield Entry(name, skip="listed in the manifest but not in the archive")
 
@@ -309,7 +311,7 @@ def _tar_entries(path: Path, limits: Limits, label: str | None) -> Iterator[Entr
         raise ArchiveRefused(f"damaged tar archive ({exc})") from exc
 
 
-def _tar_manifest(tar: tarfile.TarFile, name: str, limits: Limits) -> dict[str, tuple[str | None, str | None]]:
+def _tar_manifest(tar: tarfile.TarFile, name: str, limits: Limits) -> Manifest:
     stream = tar.extractfile(name)
     if stream is None:
         raise ArchiveRefused("the manifest is not a regular file")
@@ -322,7 +324,7 @@ def _tar_entry(
     parts: tuple[str, ...],
     budget: _Budget,
     label: str | None,
-    rows: "dict[str, tuple[str | None, str | None]] | None",
+    rows: Manifest | None,
 ) -> Entry:
     name = member.name
     problem = _problem(name, _suffix(name))
