@@ -4,7 +4,8 @@ import hashlib
 from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.http import Http404
 
 from classifier_site.permissions import is_admin
@@ -15,20 +16,28 @@ def dataset_list(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Dataset]
     """Datasets the user may see: admins see all, others none."""
     if not is_admin(user):
         return Dataset.objects.none()
-    return Dataset.objects.annotate(
-        image_count=Count("images", distinct=True), label_count=Count("labels", distinct=True)
-    ).order_by("name")
+    # One subquery per count: joining images and labels together would count their product.
+    return Dataset.objects.annotate(image_count=_count(Image), label_count=_count(Label)).order_by("name")
+
+
+def _count(model: type[Image] | type[Label]) -> Coalesce:
+    rows = model.objects.filter(dataset=OuterRef("pk")).order_by().values("dataset")
+    return Coalesce(Subquery(rows.annotate(n=Count("pk")).values("n"), output_field=IntegerField()), 0)
 
 
 def dataset_get(*, user: AbstractBaseUser | AnonymousUser, pk: int) -> Dataset:
+    """One dataset, without the list's counts (its pages count per class instead)."""
+    if not is_admin(user):
+        raise Http404("No such dataset.")
     try:
-        return dataset_list(user=user).get(pk=pk)
+        return Dataset.objects.get(pk=pk)
     except Dataset.DoesNotExist:
         raise Http404("No such dataset.") from None
 
 
 @dataclass(frozen=True)
 class ClassCount:
+    id: int
     name: str
     train: int
     val: int
@@ -44,9 +53,9 @@ def dataset_class_counts(*, dataset: Dataset) -> list[ClassCount]:
     rows = (
         Label.objects.filter(dataset=dataset)
         .annotate(**{s.value: Count("images", filter=Q(images__split=s.value)) for s in Split})
-        .values_list("name", Split.TRAIN.value, Split.VALIDATION.value, Split.TEST.value)
+        .values_list("id", "name", Split.TRAIN.value, Split.VALIDATION.value, Split.TEST.value)
     )
-    return [ClassCount(name=name, train=train, val=val, test=test) for name, train, val, test in rows]
+    return [ClassCount(*row) for row in rows]
 
 
 def dataset_unlabelled_count(*, dataset: Dataset) -> int:

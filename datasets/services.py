@@ -33,6 +33,7 @@ from django.utils import timezone
 from django.utils.text import get_valid_filename
 from PIL import Image as PILImage
 
+from classifier_site.queueing import publish
 from datasets.archives import ArchiveRefused, Entry, Limits, encode_png, open_source
 from datasets.imaging import DecodedImage, ImageRejected, decode_image
 from datasets.models import Dataset, DatasetImport, Image, ImportStatus, Label, Split
@@ -315,11 +316,8 @@ def import_create_from_files(
 def _enqueue(record: DatasetImport) -> None:
     from datasets.tasks import run_import
 
-    try:
-        run_import.delay(record.pk)
-    except Exception as exc:  # kombu raises transport-specific errors when the broker is down
-        logger.exception("could not enqueue import %s", record.pk)
-        _finish(record.pk, ImportStatus.FAILED, error=f"Could not reach the task broker ({type(exc).__name__}).")
+    if error := publish(run_import, record.pk):
+        _finish(record.pk, ImportStatus.FAILED, error=error)
 
 
 def import_run(*, import_id: int, limits: Limits | None = None) -> DatasetImport:

@@ -14,6 +14,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
+from classifier_site.queueing import publish
 from datasets.models import Dataset, Split
 from datasets.selectors import dataset_snapshot
 from trainer.ml.config import TrainConfig
@@ -48,13 +49,8 @@ def training_job_start(
 def _enqueue(job: TrainingJob) -> None:
     from trainer.tasks import train_job
 
-    try:
-        train_job.delay(job.pk)
-    except Exception as exc:  # kombu raises transport-specific errors when the broker is down
-        logger.exception("could not enqueue job %s", job.pk)
-        _finish(
-            job.pk, JobStatus.FAILED, error=f"Could not reach the task broker ({type(exc).__name__}): is it running?"
-        )
+    if error := publish(train_job, job.pk):
+        _finish(job.pk, JobStatus.FAILED, error=error)
         job.refresh_from_db()
 
 
