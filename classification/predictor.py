@@ -79,6 +79,8 @@ def _load(version: ModelVersion) -> _Loaded:
     import keras
     import tensorflow as tf
 
+    import trainer.ml.layers  # noqa: F401  registers the custom layers saved in model files
+
     path = _local_copy(version)
     model = keras.saving.load_model(path, compile=False)
     size = version.image_size

@@ -244,6 +244,28 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 CELERY_BROKER_TRANSPORT_OPTIONS = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# `celery beat` (its own process in the Procfile and compose) runs the reaper.
+CELERY_BEAT_SCHEDULE = {
+    "reap-stale-training-jobs": {
+        "task": "trainer.tasks.reap_stale_jobs",
+        "schedule": env.float("TRAIN_REAP_INTERVAL", default=30.0),
+    },
+}
+
+# --- Training ---------------------------------------------------------------------------
+
+# A running job stamps its row every TRAIN_HEARTBEAT_INTERVAL seconds; one silent
+# for TRAIN_HEARTBEAT_TIMEOUT is presumed dead and re-queued (it resumes from its
+# last epoch's checkpoint) until TRAIN_MAX_ATTEMPTS attempts, then failed.
+TRAIN_HEARTBEAT_INTERVAL = env.float("TRAIN_HEARTBEAT_INTERVAL", default=10.0)
+TRAIN_HEARTBEAT_TIMEOUT = env.float("TRAIN_HEARTBEAT_TIMEOUT", default=120.0)
+TRAIN_MAX_ATTEMPTS = env.int("TRAIN_MAX_ATTEMPTS", default=3)
+# Worker-local: per-epoch checkpoints and the decoded-image cache shared by jobs.
+TRAIN_WORK_DIR = Path(env.str("TRAIN_WORK_DIR", default=str(VAR_DIR / "training")))
+# Keras' cache of pretrained weights; read once when Keras is imported, so set here.
+KERAS_HOME = env.str("KERAS_HOME", default=str(VAR_DIR / "keras"))
+os.environ.setdefault("KERAS_HOME", KERAS_HOME)
 
 # --- Logging -----------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ def _test_broker() -> None:
 def _isolated_files(settings: object, tmp_path: Path) -> None:
     settings.MEDIA_ROOT = tmp_path / "media"  # type: ignore[attr-defined]
     settings.MODEL_CACHE_DIR = tmp_path / "model-cache"  # type: ignore[attr-defined]
+    settings.TRAIN_WORK_DIR = tmp_path / "training"  # type: ignore[attr-defined]
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +69,8 @@ def colour_dataset(db: None) -> Dataset:
 
 def train_now(dataset: Dataset, **config: object) -> ModelVersion:
     """Train in this process (no worker) and return the version it produced."""
-    job = training_job_start(dataset=dataset, config=TrainConfig(**{"epochs": 4, **config}), enqueue=False)  # type: ignore[arg-type]
+    config = {"arch": "baseline", "epochs": 4, "batch_size": 16, **config}
+    job = training_job_start(dataset=dataset, config=TrainConfig.from_dict(config), enqueue=False)
     training_job_run(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == "succeeded", job.error
@@ -92,6 +94,7 @@ def subprocess_env() -> dict[str, str]:
         DATABASE_URL=url,
         MEDIA_ROOT=str(settings.MEDIA_ROOT),
         MODEL_CACHE_DIR=str(settings.MODEL_CACHE_DIR),
+        TRAIN_WORK_DIR=str(settings.TRAIN_WORK_DIR),
         CELERY_BROKER_URL=TEST_BROKER_URL,
         TF_CPP_MIN_LOG_LEVEL="2",
         PYTHONUNBUFFERED="1",
@@ -102,11 +105,29 @@ def subprocess_env() -> dict[str, str]:
 @pytest.fixture
 def celery_worker_process(transactional_db: None, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A real `celery worker` process on both queues, as `make run` starts it."""
+    yield from _worker(tmp_path, subprocess_env())
+
+
+@pytest.fixture
+def celery_worker_with_beat(transactional_db: None, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real worker with celery beat inside it (`-B`) running the reaper every
+    second, and heartbeats short enough to declare a killed run dead in seconds."""
+    env = subprocess_env()
+    env.update(
+        TRAIN_HEARTBEAT_INTERVAL="0.5",
+        TRAIN_HEARTBEAT_TIMEOUT="4",
+        TRAIN_REAP_INTERVAL="1",
+        VAR_DIR=str(tmp_path / "var"),  # beat's schedule file
+    )
+    yield from _worker(tmp_path, env, "-B")
+
+
+def _worker(tmp_path: Path, env: dict[str, str], *extra: str) -> Iterator[subprocess.Popen[bytes]]:
     redis.Redis.from_url(TEST_BROKER_URL).flushdb()  # no messages left by earlier tests
     log = (tmp_path / "worker.log").open("wb")
     command = [sys.executable, "-m", "celery", "-A", "classifier_site", "worker", "-Q", "default,gpu", "-c", "1",
-               "--without-gossip", "--without-mingle", "-l", "INFO"]  # fmt: skip
-    proc = subprocess.Popen(command, cwd=ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
+               "--without-gossip", "--without-mingle", "-l", "INFO", *extra]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     _wait_for_line(tmp_path / "worker.log", "ready.", proc, timeout=60)
     proc.log_path = tmp_path / "worker.log"  # type: ignore[attr-defined]
     yield proc

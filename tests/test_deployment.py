@@ -13,9 +13,19 @@ def _compose() -> dict:
 
 def test_compose_has_the_four_services_with_health_checks():
     services = _compose()["services"]
-    assert set(services) == {"web", "worker", "redis", "postgres"}
+    assert set(services) == {"web", "worker", "beat", "redis", "postgres"}
     assert all("healthcheck" in s for s in services.values())
-    assert set(_compose()["volumes"]) == {"media", "postgres", "redis"}
+    assert set(_compose()["volumes"]) == {"media", "postgres", "redis", "training"}
+
+
+def test_beat_runs_the_reaper_in_compose_and_the_procfile():
+    from django.conf import settings
+
+    assert "celery -A classifier_site beat" in _compose()["services"]["beat"]["command"]
+    procfile = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line)
+    assert set(procfile) == {"web", "worker", "beat"} and "beat" in procfile["beat"]
+    (entry,) = settings.CELERY_BEAT_SCHEDULE.values()
+    assert entry["task"] == "trainer.tasks.reap_stale_jobs"
 
 
 def test_worker_reserves_a_gpu_and_consumes_the_gpu_queue():
@@ -33,6 +43,7 @@ def test_web_and_worker_wait_for_their_dependencies_and_share_media():
         assert services[name]["env_file"] == ".env"
         assert "media:/var/lib/classifier_site/media" in services[name]["volumes"]
         assert services[name]["environment"]["CELERY_BROKER_URL"].startswith("redis://redis:")
+    assert "training:/var/lib/classifier_site/training" in services["worker"]["volumes"]
 
 
 def test_env_example_lists_every_variable_settings_read():

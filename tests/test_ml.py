@@ -1,35 +1,79 @@
 """trainer.ml on its own: arrays in, model folder out, no Django involved."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from trainer.ml.config import ConfigError, TrainConfig
 
+SHARED_WEIGHTS = Path(
+    os.environ.get("SHARED_WEIGHTS_DIR", Path(__file__).resolve().parents[2] / "shared/weights/models")
+)
+
 
 def test_config_round_trips_and_coerces_strings():
-    config = TrainConfig.from_dict({"epochs": "3", "learning_rate": "0.01"})
-    assert (config.epochs, config.learning_rate) == (3, 0.01)
+    config = TrainConfig.from_dict({"epochs": "3", "learning_rate": "0.01", "flip": "off", "rotation": "15"})
+    assert (config.epochs, config.learning_rate, config.flip, config.rotation) == (3, 0.01, False, 15.0)
     assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_each_architecture_starts_from_its_own_defaults():
+    baseline = TrainConfig.from_dict({"arch": "baseline"})
+    # The seed notebook's recipe: Adam 1e-3, 10 epochs of 64, no augmentation or smoothing.
+    assert (baseline.optimizer, baseline.learning_rate, baseline.epochs, baseline.batch_size) == ("adam", 1e-3, 10, 64)
+    assert not (baseline.flip or baseline.translate or baseline.label_smoothing or baseline.flip_tta)
+    resnet = TrainConfig.from_dict({})
+    assert (resnet.arch, resnet.schedule, resnet.optimizer, resnet.flip, resnet.flip_tta) == (
+        "resnet", "one_cycle", "sgd", True, True)  # fmt: skip
+    assert resnet.label_smoothing > 0 and resnet.translate > 0 and resnet.batch_size >= 256
+    mobile = TrainConfig.from_dict({"arch": "mobilenetv2", "epochs": 2})
+    assert mobile.epochs == 2 and mobile.fine_tune_epochs > 0 and mobile.image_size >= 96
+    assert mobile.total_epochs == 2 + mobile.fine_tune_epochs
+
+
+def test_resolve_settles_every_auto_field_for_the_device_and_data():
+    config = TrainConfig.from_dict({"batch_size": 512, "learning_rate": 0.4})
+    on_cpu = config.resolve(on_gpu=False, class_counts=[5000, 5000])
+    assert (on_cpu.size, on_cpu.mixed_precision, on_cpu.class_weighting) == ("medium", "off", "off")
+    on_gpu = config.resolve(on_gpu=True, class_counts=[5000, 1000])
+    assert (on_gpu.size, on_gpu.mixed_precision, on_gpu.class_weighting) == ("large", "on", "on")
+    assert on_gpu.resolve(on_gpu=False, class_counts=[1, 1]).size == "large"  # resolved once, kept
+    # 600 images: batches shrink to keep ten steps an epoch, SGD's rate with them.
+    small = config.resolve(on_gpu=False, class_counts=[300, 300])
+    assert (small.batch_size, small.learning_rate) == (32, 0.025)
 
 
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"arch": "vgg99"}, "unknown architecture"),
+        ({"arch": "vgg99"}, "arch: unknown value 'vgg99'; choose from resnet, baseline"),
         ({"epochs": 0}, "epochs: must be between 1 and 1000"),
         ({"batch_size": 10**6}, "batch_size"),
         ({"learning_rate": 0}, "learning_rate"),
         ({"epochs": 2.5}, "not a whole number"),
         ({"colour": "blue"}, "unknown config fields: colour"),
+        ({"flip": "maybe"}, "not true or false"),
+        ({"schedule": "step"}, "schedule: unknown value"),
+        ({"label_smoothing": 0.9}, "label_smoothing: must be between 0 and 0.5"),
+        ({"arch": "mobilenet", "image_size": 24}, "needs at least 32 px"),
     ],
 )
 def test_config_rejects_bad_values_by_name(values, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig.from_dict(values)
+
+
+def test_one_cycle_rises_to_the_peak_then_falls_to_zero():
+    from trainer.ml.layers import OneCycle
+
+    schedule = OneCycle(0.5, total=100, warmup=20)
+    rates = [float(schedule(step)) for step in (0, 10, 20, 60, 100)]
+    assert rates == pytest.approx([0.02, 0.26, 0.5, 0.25, 0.0], abs=1e-6)
 
 
 def test_trainer_ml_imports_no_django():
@@ -51,60 +95,146 @@ def test_baseline_is_the_seed_notebook_network():
     assert model.input.dtype == "uint8"  # scaling is inside the model
 
 
-def _blobs(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _blobs(n: int, rng: np.random.Generator, size: int = 24) -> tuple[np.ndarray, np.ndarray]:
     y = rng.integers(0, 2, n)
-    x = np.where(y[:, None, None, None] == 0, 40, 210) + rng.integers(-30, 30, (n, 24, 24, 3))
+    x = np.where(y[:, None, None, None] == 0, 40, 210) + rng.integers(-30, 30, (n, size, size, 3))
     return x.clip(0, 255).astype(np.uint8), y
 
 
-def test_train_learns_a_separable_task_and_writes_a_model_folder(tmp_path):
-    from trainer.ml.train import MODEL_FILE, RUN_FILE, Split, TrainData, train
+class Recorder:
+    """A Reporter that remembers what it was told."""
 
-    rng = np.random.default_rng(0)
-    data = TrainData(["dark", "light"], Split(*_blobs(96, rng)), Split(*_blobs(32, rng)), Split(*_blobs(32, rng)))
-    events = []
+    def __init__(self, stop_after: int | None = None, crash_after: int | None = None) -> None:
+        self.starts, self.epochs, self.stop_after, self.crash_after = [], [], stop_after, crash_after
 
-    class Recorder:
-        def epoch_end(self, epoch, logs):
-            events.append((epoch, sorted(logs)))
+    def start(self, epoch, steps):
+        self.starts.append((epoch, steps))
 
-        def batch_end(self, epoch, step, steps, images_per_second):
-            pass
+    def epoch_end(self, epoch, logs):
+        self.epochs.append((epoch, sorted(logs)))
+        if self.crash_after is not None and epoch + 1 >= self.crash_after:
+            raise SystemExit("worker killed")  # what the process sees of a SIGKILL: nothing after this
 
-        def should_stop(self):
-            return False
+    def batch_end(self, epoch, step, steps, images_per_second):
+        pass
 
-    config = TrainConfig(image_size=24, epochs=3, batch_size=16, learning_rate=3e-3)
-    result = train(config, data, tmp_path, reporter=Recorder())
+    def should_stop(self):
+        return self.stop_after is not None and len(self.epochs) >= self.stop_after
+
+
+def _data(seed: int, n: int = 96, size: int = 24):
+    from trainer.ml.train import Split, TrainData
+
+    rng = np.random.default_rng(seed)
+    splits = [Split(*_blobs(count, rng, size)) for count in (n, 32, 32)]
+    return TrainData(["dark", "light"], *splits)
+
+
+def test_baseline_learns_a_separable_task_and_writes_a_model_folder(tmp_path):
+    from trainer.ml.train import MODEL_FILE, RUN_FILE, train
+
+    recorder = Recorder()
+    config = TrainConfig.from_dict({"arch": "baseline", "image_size": 24, "epochs": 3, "batch_size": 16,
+                                    "learning_rate": 3e-3})  # fmt: skip
+    result = train(config, _data(0), tmp_path, reporter=recorder)
     assert result.metrics["accuracy"] >= 0.9
     assert result.metrics["evaluated_on"] == "test"
     assert set(result.metrics["per_class"]) == {"dark", "light"}
     assert sum(map(sum, result.metrics["confusion_matrix"])) == 32
-    assert [e[0] for e in events] == [0, 1, 2]
-    assert events[0][1] == ["accuracy", "loss", "val_accuracy", "val_loss"]
+    assert recorder.starts == [(0, 6)] and [e[0] for e in recorder.epochs] == [0, 1, 2]
+    assert recorder.epochs[0][1] == ["accuracy", "loss", "val_accuracy", "val_loss"]
     run = json.loads((tmp_path / RUN_FILE).read_text())
     assert run["config"] == config.to_dict() and run["classes"] == ["dark", "light"]
     assert (tmp_path / MODEL_FILE).stat().st_size > 0
 
 
+def test_resnet_learns_and_serves_flip_averaged_predictions(tmp_path):
+    import keras
+
+    from trainer.ml.train import MODEL_FILE, train
+
+    config = TrainConfig.from_dict({"image_size": 24, "epochs": 4, "batch_size": 16, "size": "small",
+                                    "rotation": 5, "zoom": 0.1, "contrast": 0.1})  # fmt: skip
+    result = train(config.resolve(on_gpu=False, class_counts=[48, 48]), _data(2), tmp_path)
+    assert result.metrics["accuracy"] >= 0.9
+    model = keras.saving.load_model(tmp_path / MODEL_FILE)  # custom layers load by registration
+    (inner,) = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    kinds = {type(layer).__name__ for layer in inner.layers}
+    assert {"RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom", "RandomContrast", "Add",
+            "BatchNormalization", "Normalization"} <= kinds  # fmt: skip
+    assert model.input.dtype == "uint8"
+    images = _data(3).test.x[:8]
+    # Flip test-time augmentation: an image and its mirror get the same answer;
+    # augmentation layers are inactive at inference, so answers are repeatable.
+    np.testing.assert_allclose(
+        model.predict(images, verbose=0), model.predict(images[:, :, ::-1], verbose=0), atol=1e-5
+    )
+    np.testing.assert_allclose(model.predict(images, verbose=0), model.predict(images, verbose=0))
+
+
 def test_should_stop_ends_training_after_the_current_epoch(tmp_path):
-    from trainer.ml.train import Split, TrainData, train
+    from trainer.ml.train import train
 
-    rng = np.random.default_rng(1)
-    data = TrainData(["a", "b"], Split(*_blobs(32, rng)), Split(*_blobs(8, rng)), Split(*_blobs(8, rng)))
+    recorder = Recorder(stop_after=1)
+    config = TrainConfig.from_dict({"arch": "baseline", "image_size": 24, "epochs": 5, "batch_size": 16})
+    result = train(config, _data(1, n=32), tmp_path, reporter=recorder)
+    assert result.stopped_early and len(recorder.epochs) == 1
 
-    class StopAtOnce:
-        epochs = 0
 
-        def epoch_end(self, epoch, logs):
-            self.epochs += 1
+def test_a_killed_run_resumes_from_its_last_epoch_checkpoint(tmp_path):
+    from trainer.ml.train import train
 
-        def batch_end(self, *args):
-            pass
+    config = TrainConfig.from_dict({"image_size": 24, "epochs": 4, "batch_size": 16, "size": "small"})
+    config = config.resolve(on_gpu=False, class_counts=[48, 48])
+    checkpoints, data = tmp_path / "checkpoints", _data(4)
+    with pytest.raises(SystemExit):
+        train(config, data, tmp_path / "first", Recorder(crash_after=2), checkpoint_dir=checkpoints)
+    assert not (tmp_path / "first").exists()  # no model from a run that died
 
-        def should_stop(self):
-            return True
+    again = Recorder()
+    result = train(config, data, tmp_path / "second", again, checkpoint_dir=checkpoints)
+    assert again.starts == [(2, 12)] and [e[0] for e in again.epochs] == [2, 3]  # epochs 3 and 4 only
+    assert result.resumed_from_epoch == 2 and result.metrics["accuracy"] >= 0.9
 
-    reporter = StopAtOnce()
-    result = train(TrainConfig(image_size=24, epochs=5), data, tmp_path, reporter=reporter)
-    assert result.stopped_early and reporter.epochs == 1
+
+def test_class_weights_are_inverse_frequency_with_mean_one():
+    from trainer.ml.train import Split, TrainData, _class_weights
+
+    y = np.array([0] * 80 + [1] * 20)
+    data = TrainData(["many", "few"], Split(np.zeros((100, 4, 4, 3), np.uint8), y), Split(y[:0], y[:0]),
+                     Split(y[:0], y[:0]))  # fmt: skip
+    config = TrainConfig().resolve(on_gpu=False, class_counts=data.class_counts())
+    assert config.class_weighting == "on"  # 80 vs 20 is imbalanced
+    weights = _class_weights(data, config)
+    assert weights.tolist() == pytest.approx([0.625, 2.5])
+    assert float(weights[y].mean()) == pytest.approx(1.0)
+
+
+def test_missing_backbone_weights_say_how_to_install_them(tmp_path, monkeypatch):
+    from trainer.ml.architectures import build_model
+    from trainer.ml.weights import WeightsMissing
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    with pytest.raises(
+        WeightsMissing, match=r"efficientnetb0 are not installed.*manage.py fetch_weights efficientnetb0"
+    ):
+        build_model(TrainConfig.from_dict({"arch": "efficientnetb0"}), 3)
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_dir(), reason=f"no ImageNet weights at {SHARED_WEIGHTS}")
+def test_transfer_learning_trains_the_head_then_fine_tunes_the_backbone(tmp_path, monkeypatch):
+    from trainer.ml.architectures import backbone, build_model
+    from trainer.ml.train import train
+    from trainer.ml.weights import install_from
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    assert install_from(SHARED_WEIGHTS, ["mobilenetv2_035"])
+    config = TrainConfig.from_dict({"arch": "mobilenetv2_035", "image_size": 32, "epochs": 2, "fine_tune_epochs": 1,
+                                    "batch_size": 16}).resolve(on_gpu=False, class_counts=[48, 48])  # fmt: skip
+    model = build_model(config, 2)
+    base = backbone(model)
+    assert not base.trainable and base.count_params() > 400_000  # ImageNet weights, frozen at first
+    recorder = Recorder()
+    result = train(config, _data(5, size=32), tmp_path / "out", recorder)
+    assert [e[0] for e in recorder.epochs] == [0, 1, 2]  # two head epochs, then one fine-tuning epoch
+    assert len(result.history["loss"]) == 3 and result.metrics["accuracy"] >= 0.8

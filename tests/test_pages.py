@@ -57,7 +57,7 @@ def test_train_form_creates_a_queued_job(admin_client, colour_dataset):
 @pytest.mark.django_db
 def test_train_form_shows_errors(admin_client, colour_dataset):
     response = admin_client.post("/jobs/new/", _job_form(colour_dataset, epochs=0))
-    assert response.status_code == 200 and b"greater than or equal to 1" in response.content
+    assert response.status_code == 200 and b"epochs: must be between 1 and 1000, got 0" in response.content
     assert not TrainingJob.objects.exists()
 
 

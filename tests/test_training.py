@@ -2,25 +2,33 @@
 
 import subprocess
 import sys
+import time
+from datetime import timedelta
 
 import pytest
 from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError
+from django.utils import timezone
 
 from datasets.services import dataset_create, images_add
 from tests.conftest import ROOT, subprocess_env, train_now
-from tests.images import colour_items
+from tests.images import colour_image, colour_items
 from trainer.ml.config import TrainConfig
 from trainer.ml.files import sha256_file
 from trainer.models import JobStatus, ModelVersion, TrainingJob
 from trainer.selectors import model_version_serving
 from trainer.services import (
+    Heartbeat,
+    JobReporter,
     TrainingRefused,
+    _claim,
     model_version_promote,
     training_job_cancel,
+    training_job_repeat,
     training_job_run,
     training_job_start,
+    training_jobs_reap,
 )
 
 
@@ -133,3 +141,103 @@ def test_broker_down_fails_the_job_with_a_clear_error():
     job = TrainingJob.objects.get()
     assert job.status == JobStatus.FAILED and "broker" in job.error
     assert default_storage.exists("models") is False
+
+
+def _running_job(dataset, *, attempts=1, seconds_silent=600, **fields):
+    """A job a worker claimed and then went silent on `seconds_silent` ago."""
+    job = training_job_start(dataset=dataset, config=TrainConfig.from_dict({"arch": "baseline"}), enqueue=False)
+    beat = timezone.now() - timedelta(seconds=seconds_silent)
+    TrainingJob.objects.filter(pk=job.pk).update(
+        status=JobStatus.RUNNING, attempts=attempts, heartbeat_at=beat, host="gpu-7", **fields
+    )
+    return job
+
+
+@pytest.mark.django_db
+def test_reaper_requeues_a_job_whose_worker_died_and_publishes_it(
+    colour_dataset, monkeypatch, django_capture_on_commit_callbacks
+):
+    published = []
+    monkeypatch.setattr("trainer.services.publish", lambda task, *args: published.append(args) and None)
+    dead = _running_job(colour_dataset)
+    alive = _running_job(colour_dataset, seconds_silent=5)
+    with django_capture_on_commit_callbacks(execute=True):
+        reaped = training_jobs_reap()
+    assert reaped.requeued == [dead.pk] and not reaped.failed
+    dead.refresh_from_db()
+    alive.refresh_from_db()
+    assert dead.status == JobStatus.QUEUED and alive.status == JobStatus.RUNNING
+    assert published == [(dead.pk,)]
+    assert "Re-queued: the worker on gpu-7 stopped responding" in dead.events[-1]["message"]
+    # The next worker claims it as attempt 2; writes from attempt 1 no longer land.
+    assert _claim(dead.pk) == 2
+    stale_reporter = JobReporter(dead.pk, attempt=1, epochs=10)
+    stale_reporter.epoch_end(0, {"loss": 1.0})
+    dead.refresh_from_db()
+    assert dead.epoch == 0 and stale_reporter.lost and stale_reporter.should_stop()
+
+
+@pytest.mark.django_db
+def test_reaper_fails_a_job_after_the_last_attempt_and_cancels_a_cancelled_one(colour_dataset, settings):
+    settings.TRAIN_MAX_ATTEMPTS = 3
+    exhausted = _running_job(colour_dataset, attempts=3)
+    cancelled = _running_job(colour_dataset, cancel_requested=True)
+    reaped = training_jobs_reap()
+    assert (reaped.failed, reaped.cancelled, reaped.requeued) == ([exhausted.pk], [cancelled.pk], [])
+    exhausted.refresh_from_db()
+    assert exhausted.status == JobStatus.FAILED and exhausted.finished_at
+    assert "stopped responding" in exhausted.error and "attempt 3 of 3; not retrying" in exhausted.error
+    cancelled.refresh_from_db()
+    assert cancelled.status == JobStatus.CANCELLED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_heartbeat_thread_stamps_the_job_while_the_run_lasts(colour_dataset, settings):
+    settings.TRAIN_HEARTBEAT_INTERVAL = 0.05
+    job = _running_job(colour_dataset)
+    with Heartbeat(job.pk, attempt=1):
+        time.sleep(0.5)
+    job.refresh_from_db()
+    assert timezone.now() - job.heartbeat_at < timedelta(seconds=2)
+    TrainingJob.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
+    time.sleep(0.2)  # stopped with the run: nothing stamps it any more
+    job.refresh_from_db()
+    assert timezone.now() - job.heartbeat_at > timedelta(minutes=50)
+
+
+@pytest.mark.django_db
+def test_a_job_records_its_environment_and_resolved_config_and_runs_again_exactly(colour_dataset):
+    version = train_now(colour_dataset, class_weighting="auto", epochs=2)
+    job = version.job
+    assert job.environment["tensorflow"] and job.environment["keras"] and job.environment["python"]
+    assert job.config["class_weighting"] == "off" and job.config["mixed_precision"] == "off"  # no "auto" left
+    assert job.attempts == 1 and job.snapshot_hash == job.snapshot["hash"]
+    extra = [(f"extra-{i}.png", colour_image("red", seed=1000 + i), "red") for i in range(5)]
+    images_add(dataset=colour_dataset, items=extra)  # the dataset moves on
+
+    again = training_job_repeat(job=job)
+    assert again.pk != job.pk and again.status == JobStatus.QUEUED
+    assert again.config == job.config and again.snapshot == job.snapshot  # same settings, same images
+    training_job_run(job_id=again.pk)
+    again.refresh_from_db()
+    assert again.status == JobStatus.SUCCEEDED, again.error
+    assert again.model_version.metrics["count"] == version.metrics["count"]
+
+
+@pytest.mark.django_db
+def test_missing_backbone_weights_fail_the_job_at_once_with_the_fix(colour_dataset, monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
+    job = training_job_start(dataset=colour_dataset, config=TrainConfig.from_dict({"arch": "mobilenet"}), enqueue=False)
+    monkeypatch.setattr("trainer.services._load_data", lambda *a: pytest.fail("loaded the data first"))
+    training_job_run(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert job.error.startswith("ImageNet weights for mobilenet are not installed") and "fetch_weights" in job.error
+
+
+@pytest.mark.django_db
+def test_decoded_images_are_cached_per_snapshot_and_size(colour_dataset, monkeypatch):
+    first = train_now(colour_dataset, epochs=1)
+    monkeypatch.setattr("trainer.snapshots.load_array", lambda *a: pytest.fail("decoded again"))
+    second = train_now(colour_dataset, epochs=1, seed=1)  # same snapshot and size: read from the cache
+    assert second.job.snapshot_hash == first.job.snapshot_hash

@@ -1,9 +1,12 @@
 """The whole loop through a real Celery worker process and Redis on loopback."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -12,7 +15,9 @@ from rest_framework.test import APIClient
 from datasets.models import DatasetImport
 from tests.conftest import ROOT, subprocess_env
 from tests.images import class_folder_zip, colour_image
+from trainer.ml.config import TrainConfig
 from trainer.models import TrainingJob
+from trainer.services import training_job_start
 
 pytestmark = pytest.mark.worker
 
@@ -54,3 +59,35 @@ def test_upload_train_predict_end_to_end(celery_worker_process, tmp_path, admin_
     assert response.status_code == 200
     assert response.json()["model_version"]["id"] == summary["model_version"]
     assert response.json()["predictions"][0]["label"] == "red"
+
+
+def _pool_children(worker: subprocess.Popen) -> list[int]:
+    """The prefork pool processes of a worker: where tasks run."""
+    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+def test_a_worker_killed_mid_run_resumes_the_job_from_its_checkpoint(celery_worker_with_beat, colour_dataset):
+    worker = celery_worker_with_beat
+    # Enough epochs at 64 px that the kill lands mid-run, after a checkpoint.
+    config = TrainConfig.from_dict({"arch": "resnet", "size": "small", "image_size": 64, "epochs": 12, "batch_size": 8})
+    job = training_job_start(dataset=colour_dataset, config=config)  # published once committed (no transaction here)
+    deadline = time.monotonic() + 120
+    while job.epoch < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job.refresh_from_db()
+    assert job.status == "running" and job.epoch >= 2, worker.log_path.read_text()[-3000:]
+    for pid in _pool_children(worker):
+        os.kill(pid, signal.SIGKILL)  # the training process dies with no chance to clean up
+    killed_at = job.epoch
+
+    job = _wait_for(job, timeout=240)
+    log = worker.log_path.read_text()
+    assert job.status == "succeeded", job.error + log[-3000:]
+    assert job.attempts == 2 and len(job.history) == 12
+    assert [h["epoch"] for h in job.history] == list(range(1, 13))
+    messages = [e["message"] for e in job.events]
+    assert any(m.startswith("Re-queued: the worker on") for m in messages), messages
+    resumed = [m for m in messages if m.startswith("Resumed from the checkpoint after epoch")]
+    assert resumed and int(resumed[0].rsplit(" ", 1)[1].rstrip(".")) >= killed_at - 1, messages
+    assert TrainingJob.objects.get(pk=job.pk).model_version.metrics["accuracy"] >= 0.8

@@ -1,5 +1,6 @@
 """Jobs and model versions API (admins): /api/v1/jobs/, /api/v1/models/."""
 
+import django_filters
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -8,22 +9,33 @@ from rest_framework.response import Response
 
 from classifier_site.permissions import admin_user
 from datasets.models import Dataset
-from trainer.ml.config import ConfigError, TrainConfig
+from trainer.ml.config import ARCHITECTURES, ConfigError, TrainConfig
 from trainer.models import ModelVersion, TrainingJob
 from trainer.selectors import job_list, model_version_list
-from trainer.services import TrainingRefused, model_version_promote, training_job_cancel, training_job_start
+from trainer.services import (
+    TrainingRefused,
+    model_version_promote,
+    training_job_cancel,
+    training_job_repeat,
+    training_job_start,
+)
 
 
 class TrainingJobSerializer(serializers.ModelSerializer):
     dataset = serializers.PrimaryKeyRelatedField(queryset=Dataset.objects.all())
-    config = serializers.JSONField(required=False, help_text="Fields of TrainConfig; omitted ones take defaults.")
+    config = serializers.JSONField(
+        required=False, help_text="Fields of TrainConfig; omitted ones take the chosen architecture's defaults."
+    )
     model_version = serializers.PrimaryKeyRelatedField(read_only=True)
+    eta_seconds = serializers.FloatField(read_only=True, allow_null=True)
 
     class Meta:
         model = TrainingJob
         fields = [
             "id", "dataset", "config", "status", "progress", "epoch", "step", "steps", "images_per_second",
-            "history", "error", "device", "host", "created_at", "started_at", "finished_at", "model_version",
+            "history", "error", "device", "host", "attempts", "events", "environment", "snapshot_hash",
+            "eta_seconds", "cancel_requested", "created_at", "started_at", "heartbeat_at", "finished_at",
+            "model_version",
         ]  # fmt: skip
         read_only_fields = [f for f in fields if f not in ("dataset", "config")]
 
@@ -36,12 +48,20 @@ class TrainingJobSerializer(serializers.ModelSerializer):
             raise serializers.ValidationError(str(exc)) from exc
 
 
+class TrainingJobFilter(django_filters.FilterSet):
+    arch = django_filters.ChoiceFilter(field_name="config__arch", choices=[(a, a) for a in ARCHITECTURES])
+
+    class Meta:
+        model = TrainingJob
+        fields = ["dataset", "status", "arch"]
+
+
 class TrainingJobViewSet(
     mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
 ):
     serializer_class = TrainingJobSerializer
     permission_classes = [permissions.IsAdminUser]
-    filterset_fields = ["dataset", "status"]
+    filterset_class = TrainingJobFilter
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         return job_list(user=self.request.user)
@@ -49,7 +69,7 @@ class TrainingJobViewSet(
     def create(self, request: Request, *args: object, **kwargs: object) -> Response:
         incoming = self.get_serializer(data=request.data)
         incoming.is_valid(raise_exception=True)
-        config = incoming.validated_data.get("config") or TrainConfig()
+        config = incoming.validated_data.get("config") or TrainConfig.defaults()
         try:
             job = training_job_start(
                 dataset=incoming.validated_data["dataset"], config=config, user=admin_user(request)
@@ -64,6 +84,14 @@ class TrainingJobViewSet(
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         job = training_job_cancel(job=self.get_object())
         return Response(self.get_serializer(job).data)
+
+    @extend_schema(request=None, responses={201: TrainingJobSerializer})
+    @action(detail=True, methods=["post"])
+    def repeat(self, request: Request, pk: str | None = None) -> Response:
+        """Run again: a new job with this job's resolved config on the same snapshot."""
+        job = training_job_repeat(job=self.get_object(), user=admin_user(request))
+        job.refresh_from_db()
+        return Response(self.get_serializer(job).data, status.HTTP_201_CREATED)
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):

@@ -5,6 +5,7 @@ from django.db import models
 from django.db.models import Q
 
 from datasets.models import Dataset
+from trainer.ml.config import BACKBONES
 
 
 class JobStatus(models.TextChoices):
@@ -31,6 +32,13 @@ class TrainingJob(models.Model):
     steps = models.PositiveIntegerField(default=0)
     images_per_second = models.FloatField(null=True, blank=True)
     history = models.JSONField(default=list)  # one dict of Keras logs per finished epoch
+    # Each claim by a worker is one attempt; the reaper re-queues a job whose worker
+    # died until TRAIN_MAX_ATTEMPTS. Writes from a run carry its attempt number, so a
+    # worker presumed dead that wakes up again cannot touch the job.
+    attempts = models.PositiveIntegerField(default=0)
+    events = models.JSONField(default=list)  # [{"at": ISO time, "message": "..."}], oldest first
+    environment = models.JSONField(default=dict)  # package versions of the run: python, tensorflow, ...
+    snapshot_hash = models.CharField(max_length=64, blank=True)
     error = models.TextField(blank=True)
     device = models.CharField(max_length=200, blank=True)
     host = models.CharField(max_length=200, blank=True)
@@ -42,7 +50,7 @@ class TrainingJob(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["status"])]
+        indexes = [models.Index(fields=["status"]), models.Index(fields=["status", "heartbeat_at"])]
 
     def __str__(self) -> str:
         return f"Job {self.pk} ({self.status})"
@@ -53,7 +61,20 @@ class TrainingJob(models.Model):
 
     @property
     def epochs(self) -> int:
-        return int(self.config.get("epochs", 0))
+        """All epochs of the run: for pretrained backbones, head plus fine-tuning."""
+        epochs = int(self.config.get("epochs", 0))
+        if self.config.get("arch") in BACKBONES:
+            epochs += int(self.config.get("fine_tune_epochs", 0))
+        return epochs
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Time left at the current speed, while running."""
+        if self.status != JobStatus.RUNNING or not self.images_per_second or not self.steps:
+            return None
+        remaining_steps = (self.epochs - self.epoch) * self.steps - self.step
+        batch = int(self.config.get("batch_size", 1))
+        return max(remaining_steps, 0) * batch / self.images_per_second
 
 
 class ModelVersion(models.Model):

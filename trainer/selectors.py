@@ -11,7 +11,21 @@ from trainer.models import JobStatus, ModelVersion, TrainingJob
 def job_list(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[TrainingJob]:
     if not is_admin(user):
         return TrainingJob.objects.none()
-    return TrainingJob.objects.select_related("dataset", "created_by").defer("snapshot")
+    return TrainingJob.objects.select_related("dataset", "created_by", "model_version").defer("snapshot")
+
+
+def job_list_filtered(
+    *, user: AbstractBaseUser | AnonymousUser, dataset: str = "", status: str = "", arch: str = ""
+) -> QuerySet[TrainingJob]:
+    """Jobs narrowed by the list page's filters; values that cannot match give no rows."""
+    jobs = job_list(user=user)
+    if dataset:
+        jobs = jobs.filter(dataset_id=dataset) if dataset.isdigit() else jobs.none()
+    if status:
+        jobs = jobs.filter(status=status)
+    if arch:
+        jobs = jobs.filter(config__arch=arch)
+    return jobs
 
 
 def job_get(*, user: AbstractBaseUser | AnonymousUser, pk: int) -> TrainingJob:

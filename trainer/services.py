@@ -2,22 +2,31 @@
 job: every status change is a compare-and-set on the row, so a duplicate task
 delivery or a late cancel can never move a job backwards."""
 
+import importlib.metadata
 import logging
+import platform
+import shutil
 import socket
 import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files import File
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import DatabaseError, connections, transaction
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from classifier_site.queueing import publish
 from datasets.models import Dataset, Split
 from datasets.selectors import dataset_snapshot
-from trainer.ml.config import TrainConfig
+from trainer.ml.config import ConfigError, TrainConfig
 from trainer.ml.files import sha256_file
 from trainer.models import JobStatus, ModelVersion, TrainingJob
 
@@ -29,21 +38,46 @@ class TrainingRefused(Exception):
 
 
 def training_job_start(
-    *, dataset: Dataset, config: TrainConfig, user: User | None = None, enqueue: bool = True
+    *,
+    dataset: Dataset,
+    config: TrainConfig,
+    user: User | None = None,
+    enqueue: bool = True,
+    snapshot: dict[str, Any] | None = None,
 ) -> TrainingJob:
-    """Freeze the dataset's snapshot, record the job and (unless the caller runs it
-    itself) put it on the `gpu` queue once the transaction commits."""
-    snapshot = dataset_snapshot(dataset=dataset)
-    if len(snapshot.classes) < 2:
-        raise TrainingRefused("Training needs labelled images in at least two classes.")
-    if snapshot.count(Split.TRAIN) == 0:
-        raise TrainingRefused("The dataset has no labelled images in its train split.")
+    """Freeze the dataset's snapshot (or reuse `snapshot`, to repeat a run), record
+    the job and (unless the caller runs it itself) put it on the `gpu` queue once
+    the transaction commits."""
+    if snapshot is None:
+        frozen = dataset_snapshot(dataset=dataset)
+        if len(frozen.classes) < 2:
+            raise TrainingRefused("Training needs labelled images in at least two classes.")
+        if frozen.count(Split.TRAIN) == 0:
+            raise TrainingRefused("The dataset has no labelled images in its train split.")
+        snapshot = frozen.as_dict()
     job = TrainingJob.objects.create(
-        dataset=dataset, config=config.to_dict(), snapshot=snapshot.as_dict(), created_by=user
+        dataset=dataset,
+        config=config.to_dict(),
+        snapshot=snapshot,
+        snapshot_hash=str(snapshot.get("hash", "")),
+        created_by=user,
+        events=[_event("Queued.")],
     )
     if enqueue:
         transaction.on_commit(lambda: _enqueue(job))
     return job
+
+
+def training_job_repeat(*, job: TrainingJob, user: User | None = None) -> TrainingJob:
+    """Run again: the same resolved config on the same frozen snapshot."""
+    source = TrainingJob.objects.get(pk=job.pk)  # list selectors defer the snapshot
+    return training_job_start(
+        dataset=source.dataset, config=TrainConfig.from_dict(source.config), user=user, snapshot=source.snapshot
+    )
+
+
+def _event(message: str) -> dict[str, str]:
+    return {"at": timezone.now().isoformat(timespec="seconds"), "message": message}
 
 
 def _enqueue(job: TrainingJob) -> None:
@@ -65,54 +99,102 @@ def training_job_cancel(*, job: TrainingJob) -> TrainingJob:
     return job
 
 
-def _claim(job_id: int) -> bool:
-    """Conditional UPDATE: only one worker ever moves a job from queued to running."""
+def _claim(job_id: int) -> int | None:
+    """Conditional UPDATE: only one worker ever moves a job from queued to running.
+    Returns the attempt number this worker now owns, or None."""
     now = timezone.now()
-    return bool(
-        TrainingJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
-            status=JobStatus.RUNNING, started_at=now, heartbeat_at=now, host=socket.gethostname()[:200]
-        )
+    claimed = TrainingJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
+        status=JobStatus.RUNNING,
+        started_at=now,
+        heartbeat_at=now,
+        host=socket.gethostname()[:200],
+        attempts=F("attempts") + 1,
+        step=0,
+        images_per_second=None,
     )
+    if not claimed:
+        return None
+    job = TrainingJob.objects.only("attempts", "events").get(pk=job_id)
+    _log(job_id, job.attempts, f"Attempt {job.attempts} started on {socket.gethostname()}.")
+    return job.attempts
 
 
-def _finish(job_id: int, status: str, **fields: Any) -> bool:
-    return bool(
-        TrainingJob.objects.filter(pk=job_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING]).update(
-            status=status, finished_at=timezone.now(), **fields
-        )
-    )
+def _running(job_id: int, attempt: int) -> QuerySet[TrainingJob]:
+    """The job, only while this attempt still owns it."""
+    return TrainingJob.objects.filter(pk=job_id, status=JobStatus.RUNNING, attempts=attempt)
+
+
+def _log(job_id: int, attempt: int | None, message: str) -> None:
+    jobs = TrainingJob.objects.filter(pk=job_id)
+    if attempt is not None:
+        jobs = jobs.filter(attempts=attempt)
+    with transaction.atomic():
+        job = jobs.select_for_update().only("events").first()
+        if job is not None:
+            jobs.update(events=[*job.events, _event(message)][-100:])
+
+
+def _finish(job_id: int, status: str, attempt: int | None = None, **fields: Any) -> bool:
+    jobs = TrainingJob.objects.filter(pk=job_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
+    if attempt is not None:
+        jobs = jobs.filter(attempts=attempt)
+    finished = bool(jobs.update(status=status, finished_at=timezone.now(), **fields))
+    if finished:
+        _log(job_id, None, fields.get("error") or f"{JobStatus(status).label}.")
+        _remove_checkpoints(job_id)
+    return finished
 
 
 def training_job_run(*, job_id: int) -> None:
     """Run a claimed job to its end. Called by the Celery task in a worker process."""
-    if not _claim(job_id):
+    attempt = _claim(job_id)
+    if attempt is None:
         logger.info("job %s is not queued; nothing to do (duplicate delivery?)", job_id)
         return
     job = TrainingJob.objects.select_related("dataset").get(pk=job_id)
-    try:
-        _train(job)
-    except Exception as exc:
-        logger.exception("job %s failed", job_id)
-        _finish(job_id, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}"[:5000])
+    with Heartbeat(job_id, attempt):
+        try:
+            _train(job, attempt)
+        except Exception as exc:
+            logger.exception("job %s failed", job_id)
+            _finish(job_id, JobStatus.FAILED, attempt, error=_describe(exc))
 
 
-def _train(job: TrainingJob) -> None:
+def _describe(exc: Exception) -> str:
+    from trainer.ml.weights import WeightsMissing
+
+    if isinstance(exc, (WeightsMissing, ConfigError)):
+        return str(exc)  # already says what to do
+    return f"{type(exc).__name__}: {exc}"[:5000]
+
+
+def _train(job: TrainingJob, attempt: int) -> None:
     # TensorFlow loads here, in the worker, never in web processes.
     from trainer.ml.device import configure_devices
     from trainer.ml.train import train
+    from trainer.ml.weights import weights_path
 
     device = configure_devices()
-    TrainingJob.objects.filter(pk=job.pk).update(device=device[:200])
-    config = TrainConfig.from_dict(job.config)
-    data = _load_data(job, config.image_size)
+    requested = TrainConfig.from_dict(job.config)
+    if requested.is_pretrained:
+        weights_path(requested.arch)  # a missing file fails the job now, not after loading the data
+    _running(job.pk, attempt).update(device=device[:200], environment=package_versions())
+    data = _load_data(job, requested.image_size)
+    config = requested.resolve(on_gpu=device != "CPU", class_counts=data.class_counts())
+    _running(job.pk, attempt).update(config=config.to_dict())  # what "run again" repeats
+    reporter = JobReporter(job.pk, attempt, config.total_epochs, job.history)
+    checkpoints = checkpoint_dir(job.pk)
     with tempfile.TemporaryDirectory(prefix=f"job-{job.pk}-") as tmp:
-        result = train(config, data, Path(tmp), reporter=JobReporter(job.pk, config.epochs))
+        result = train(config, data, Path(tmp), reporter, checkpoint_dir=checkpoints, on_gpu=device != "CPU")
+        if reporter.lost:
+            logger.warning("job %s: attempt %s no longer owns the job; result dropped", job.pk, attempt)
+            return
         if result.stopped_early:
-            _finish(job.pk, JobStatus.CANCELLED, error="Cancelled by a user.")
+            _finish(job.pk, JobStatus.CANCELLED, attempt, error="Cancelled by a user.")
             return
         with transaction.atomic():
             model_version_create(job=job, model_dir=result.model_dir, metrics=result.metrics, config=config)
-            _finish(job.pk, JobStatus.SUCCEEDED, progress=1.0)
+            _finish(job.pk, JobStatus.SUCCEEDED, attempt, progress=1.0, epoch=config.total_epochs)
 
 
 def _load_data(job: TrainingJob, image_size: int) -> Any:
@@ -121,28 +203,122 @@ def _load_data(job: TrainingJob, image_size: int) -> Any:
     return snapshot_arrays(job.snapshot, image_size)
 
 
+def checkpoint_dir(job_id: int) -> Path:
+    """Where a job's per-epoch checkpoints live; a re-queued job resumes from them."""
+    return Path(settings.TRAIN_WORK_DIR) / "checkpoints" / f"job-{job_id}"
+
+
+def _remove_checkpoints(job_id: int) -> None:
+    shutil.rmtree(checkpoint_dir(job_id), ignore_errors=True)
+
+
+def package_versions() -> dict[str, str]:
+    """What produced a model: Python and the packages that shape its numbers."""
+    versions = {"python": platform.python_version()}
+    for package in ("tensorflow", "keras", "numpy", "scikit-learn", "pillow", "django", "celery"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+class Heartbeat:
+    """A thread that stamps the job's heartbeat every TRAIN_HEARTBEAT_INTERVAL
+    seconds while this process lives, also through long data loading and
+    evaluation; the reaper re-queues jobs whose stamp grows old."""
+
+    def __init__(self, job_id: int, attempt: int) -> None:
+        self.job_id, self.attempt = job_id, attempt
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "Heartbeat":
+        # Inside a caller's transaction (tests, an inline run) another connection
+        # could not see the row; progress writes keep the stamp fresh there.
+        if not transaction.get_connection().in_atomic_block:
+            self._thread = threading.Thread(target=self._beat, name=f"heartbeat-job-{self.job_id}", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+
+    def _beat(self) -> None:
+        try:
+            while not self._stop.wait(settings.TRAIN_HEARTBEAT_INTERVAL):
+                try:
+                    _running(self.job_id, self.attempt).update(heartbeat_at=timezone.now())
+                except DatabaseError:
+                    logger.warning("job %s: heartbeat failed; retrying", self.job_id, exc_info=True)
+        finally:
+            connections.close_all()  # this thread's own connection
+
+
 class JobReporter:
     """Writes a running job's progress to its row, and reads its cancel flag."""
 
-    def __init__(self, job_id: int, epochs: int) -> None:
-        self.job_id, self.epochs = job_id, epochs
-        self.history: list[dict[str, float]] = []
+    def __init__(self, job_id: int, attempt: int, epochs: int, history: list[dict[str, float]] | None = None) -> None:
+        self.job_id, self.attempt, self.epochs = job_id, attempt, epochs
+        self.history: list[dict[str, float]] = list(history or [])
+        self.lost = False  # the reaper gave the job to another attempt
+
+    def start(self, epoch: int, steps: int) -> None:
+        if epoch:
+            _log(self.job_id, self.attempt, f"Resumed from the checkpoint after epoch {epoch}.")
+        self.history = [h for h in self.history if h.get("epoch", 0) <= epoch]
+        self._update(epoch=epoch, steps=steps, history=self.history, progress=epoch / self.epochs)
 
     def batch_end(self, epoch: int, step: int, steps: int, images_per_second: float) -> None:
         progress = (epoch + step / max(steps, 1)) / self.epochs
         self._update(step=step, steps=steps, images_per_second=images_per_second, progress=min(progress, 1.0))
 
     def epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        self.history.append({"epoch": epoch + 1, **logs})
-        self._update(epoch=epoch + 1, history=self.history, progress=(epoch + 1) / self.epochs)
+        self.history = [h for h in self.history if h.get("epoch", 0) <= epoch] + [{"epoch": epoch + 1, **logs}]
+        self._update(epoch=epoch + 1, history=self.history, progress=min((epoch + 1) / self.epochs, 1.0))
 
     def should_stop(self) -> bool:
+        if self.lost:
+            return True
         return TrainingJob.objects.filter(pk=self.job_id, cancel_requested=True).exists()
 
     def _update(self, **fields: Any) -> None:
-        TrainingJob.objects.filter(pk=self.job_id, status=JobStatus.RUNNING).update(
-            heartbeat_at=timezone.now(), **fields
-        )
+        if not _running(self.job_id, self.attempt).update(heartbeat_at=timezone.now(), **fields):
+            self.lost = not _running(self.job_id, self.attempt).exists()
+
+
+@dataclass
+class Reaped:
+    requeued: list[int]
+    failed: list[int]
+    cancelled: list[int]
+
+
+def training_jobs_reap(*, now: datetime | None = None) -> Reaped:
+    """Find running jobs whose heartbeat stopped (their worker died) and re-queue
+    them to resume from their checkpoint, up to TRAIN_MAX_ATTEMPTS attempts; then
+    fail them saying why. A stopped job with a cancel request is cancelled."""
+    now = now or timezone.now()
+    stale_before = now - timedelta(seconds=settings.TRAIN_HEARTBEAT_TIMEOUT)
+    reaped = Reaped([], [], [])
+    stale = TrainingJob.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=stale_before)
+    for job in stale.only("pk", "attempts", "heartbeat_at", "cancel_requested", "host"):
+        since = f"{job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
+        silent = f"the worker on {job.host or 'an unknown host'} stopped responding (no heartbeat since {since})"
+        if job.cancel_requested:
+            if _finish(job.pk, JobStatus.CANCELLED, job.attempts, error=f"Cancelled; {silent}."):
+                reaped.cancelled.append(job.pk)
+        elif job.attempts >= settings.TRAIN_MAX_ATTEMPTS:
+            error = f"Failed: {silent} on attempt {job.attempts} of {settings.TRAIN_MAX_ATTEMPTS}; not retrying."
+            if _finish(job.pk, JobStatus.FAILED, job.attempts, error=error):
+                reaped.failed.append(job.pk)
+        elif _running(job.pk, job.attempts).filter(heartbeat_at__lt=stale_before).update(status=JobStatus.QUEUED):
+            _log(job.pk, job.attempts, f"Re-queued: {silent}.")
+            reaped.requeued.append(job.pk)
+            transaction.on_commit(partial(_enqueue, job))
+    return reaped
 
 
 def model_version_create(

@@ -1,10 +1,24 @@
 """Celery tasks: take an id, call a service. TensorFlow loads inside the service."""
 
+import logging
+
 from celery import shared_task
 
-from trainer.services import training_job_run
+from trainer.services import training_job_run, training_jobs_reap
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(name="trainer.tasks.train_job")
 def train_job(job_id: int) -> None:
     training_job_run(job_id=job_id)
+
+
+@shared_task(name="trainer.tasks.reap_stale_jobs", ignore_result=True)
+def reap_stale_jobs() -> None:
+    """Periodic (celery beat): re-queue or fail jobs whose worker died."""
+    reaped = training_jobs_reap()
+    if reaped.requeued or reaped.failed or reaped.cancelled:
+        logger.warning(
+            "reaper: re-queued %s, failed %s, cancelled %s", reaped.requeued, reaped.failed, reaped.cancelled
+        )

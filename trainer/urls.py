@@ -9,4 +9,5 @@ urlpatterns = [
     path("<int:pk>/", views.job_detail_view, name="detail"),
     path("<int:pk>/progress/", views.job_progress_view, name="progress"),
     path("<int:pk>/cancel/", views.job_cancel_view, name="cancel"),
+    path("<int:pk>/repeat/", views.job_repeat_view, name="repeat"),
 ]

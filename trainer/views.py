@@ -8,18 +8,29 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from classifier_site.permissions import admin_user
+from datasets.models import Dataset
 from trainer.forms import TrainingJobForm
-from trainer.selectors import job_get, job_list
-from trainer.services import TrainingRefused, training_job_cancel, training_job_start
+from trainer.ml.config import ARCHITECTURES
+from trainer.models import JobStatus
+from trainer.selectors import job_get, job_list_filtered
+from trainer.services import TrainingRefused, training_job_cancel, training_job_repeat, training_job_start
 
 
 @staff_member_required
 def job_list_view(request: HttpRequest) -> HttpResponse:
-    jobs = job_list(user=request.user)
-    if dataset := request.GET.get("dataset", "").strip():
-        jobs = jobs.filter(dataset_id=dataset) if dataset.isdigit() else jobs.none()
+    filters = {key: request.GET.get(key, "").strip() for key in ("dataset", "status", "arch")}
+    jobs = job_list_filtered(user=request.user, **filters)
     page = Paginator(jobs, 25).get_page(request.GET.get("page"))
-    return render(request, "trainer/job_list.html", {"page": page, "dataset": dataset})
+    query = "&".join(f"{k}={v}" for k, v in filters.items() if v)
+    context = {
+        "page": page,
+        "filters": filters,
+        "query": query,
+        "datasets": Dataset.objects.order_by("name").only("pk", "name"),
+        "statuses": JobStatus.choices,
+        "architectures": ARCHITECTURES,
+    }
+    return render(request, "trainer/job_list.html", context)
 
 
 @staff_member_required
@@ -55,4 +66,12 @@ def job_progress_view(request: HttpRequest, pk: int) -> HttpResponse:
 def job_cancel_view(request: HttpRequest, pk: int) -> HttpResponse:
     job = training_job_cancel(job=job_get(user=request.user, pk=pk))
     messages.info(request, f"Job {job.pk}: {job.get_status_display().lower()}, cancel requested.")
+    return redirect("trainer:detail", pk=job.pk)
+
+
+@staff_member_required
+@require_POST
+def job_repeat_view(request: HttpRequest, pk: int) -> HttpResponse:
+    job = training_job_repeat(job=job_get(user=request.user, pk=pk), user=admin_user(request))
+    messages.success(request, f"Training job {job.pk} queued: job {pk} again, same settings and images.")
     return redirect("trainer:detail", pk=job.pk)

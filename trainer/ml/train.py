@@ -1,7 +1,9 @@
 """Training and test-split evaluation of one run, from arrays to a saved model folder.
 
 A model folder holds `model.keras` and `run.json` (config, classes, metrics), so
-it rebuilds itself without the database.
+it rebuilds itself without the database. With a checkpoint folder the run saves
+its state after every epoch and, started again with the same folder, resumes
+from the last finished epoch (the worker died, the job was re-queued).
 """
 
 import json
@@ -16,18 +18,21 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import classification_report, confusion_matrix
 
-from trainer.ml.architectures import build_model
+from trainer.ml.architectures import PixelStats, backbone, build_model, with_flip_tta
 from trainer.ml.config import TrainConfig
+from trainer.ml.layers import OneCycle
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.keras"
 RUN_FILE = "run.json"
+_HEAD_DONE = "head.weights.h5"  # pretrained backbones: the head phase finished
 
 
 class Reporter(Protocol):
     """What the trainer tells its caller, and asks it, while it runs."""
 
+    def start(self, epoch: int, steps: int) -> None: ...
     def epoch_end(self, epoch: int, logs: dict[str, float]) -> None: ...
     def batch_end(self, epoch: int, step: int, steps: int, images_per_second: float) -> None: ...
     def should_stop(self) -> bool: ...
@@ -35,7 +40,7 @@ class Reporter(Protocol):
 
 @dataclass
 class Split:
-    x: np.ndarray  # uint8 (n, size, size, 3)
+    x: np.ndarray  # uint8 (n, size, size, 3); may be a read-only memory map
     y: np.ndarray  # int (n,)
 
     def __len__(self) -> int:
@@ -49,6 +54,9 @@ class TrainData:
     val: Split
     test: Split
 
+    def class_counts(self) -> list[int]:
+        return np.bincount(self.train.y, minlength=len(self.classes)).tolist()
+
 
 @dataclass
 class TrainResult:
@@ -56,52 +64,196 @@ class TrainResult:
     metrics: dict[str, Any]
     stopped_early: bool = False
     model_dir: Path = field(default_factory=Path)
+    resumed_from_epoch: int = 0
 
 
-def train(config: TrainConfig, data: TrainData, out_dir: Path, reporter: Reporter | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    data: TrainData,
+    out_dir: Path,
+    reporter: Reporter | None = None,
+    *,
+    checkpoint_dir: Path | None = None,
+    on_gpu: bool = False,
+) -> TrainResult:
+    """Train `config` (already resolved: no "auto" left) on `data` and save the model to `out_dir`."""
     if len(data.train) == 0:
         raise ValueError("the training split is empty")
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config.arch, config.image_size, len(data.classes))
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    callback = _ReporterCallback(reporter, config.batch_size) if reporter else None
-    fit = model.fit(
-        _dataset(data.train, config, shuffle=True),
-        validation_data=_dataset(data.val, config, shuffle=False) if len(data.val) else None,
-        epochs=config.epochs,
-        callbacks=[callback] if callback else [],
-        shuffle=False,  # the tf.data pipeline shuffles
-        verbose=0,
-    )
-    history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
-    evaluated = data.test if len(data.test) else data.val
-    metrics = evaluate(model, evaluated, data.classes, config.batch_size)
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision == "on" else "float32")
+    try:
+        return _train(config, data, out_dir, reporter, checkpoint_dir, on_gpu)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _train(
+    config: TrainConfig,
+    data: TrainData,
+    out_dir: Path,
+    reporter: Reporter | None,
+    checkpoint_dir: Path | None,
+    on_gpu: bool,
+) -> TrainResult:
+    num_classes = len(data.classes)
+    batch_size = min(config.batch_size, len(data.train))
+    steps = len(data.train) // batch_size
+    weights = _class_weights(data, config)
+    train_ds = _dataset(data.train, batch_size, num_classes, shuffle_seed=config.seed, weights=weights)
+    val_ds = _dataset(data.val, batch_size, num_classes) if len(data.val) else None
+    model = build_model(config, num_classes, PixelStats.of(data.train.x) if config.arch == "resnet" else None)
+    progress = _ReporterCallback(reporter, batch_size) if reporter else None
+    fit = _Fit(config, model, train_ds, val_ds, steps, progress, checkpoint_dir, on_gpu)
+
+    history = fit.run(config.learning_rate, first=0, last=config.epochs, phase="head")
+    if config.is_pretrained and config.fine_tune_epochs and not fit.stopped:
+        backbone(model).trainable = True  # still called with training=False: its BN stays frozen
+        history = _merge(history, fit.run(config.fine_tune_learning_rate, config.epochs, config.total_epochs, "tune"))
+
+    evaluated_split = data.test if len(data.test) else data.val
+    served = with_flip_tta(model) if config.flip_tta else model
+    metrics = evaluate(served, evaluated_split, data.classes, batch_size)
     metrics["evaluated_on"] = "test" if len(data.test) else "val"
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save(out_dir / MODEL_FILE)
+    served.save(out_dir / MODEL_FILE)
     run = {"config": config.to_dict(), "classes": data.classes, "metrics": metrics, "history": history}
     (out_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
-    stopped = bool(callback and callback.stopped)
-    return TrainResult(history=history, metrics=metrics, stopped_early=stopped, model_dir=out_dir)
+    return TrainResult(history, metrics, fit.stopped, out_dir, resumed_from_epoch=fit.resumed_from)
 
 
-def _dataset(split: Split, config: TrainConfig, *, shuffle: bool) -> Any:
-    ds = tf.data.Dataset.from_tensor_slices((split.x, split.y.astype("int32")))
-    if shuffle:
-        # A full shuffle, as model.fit does on arrays: the data is in memory already.
-        ds = ds.shuffle(len(split), seed=config.seed, reshuffle_each_iteration=True)
-    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+class _Fit:
+    """One `model.fit` per phase with the run's optimizer, loss and callbacks."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: Any,
+        train_ds: Any,
+        val_ds: Any,
+        steps: int,
+        progress: "_ReporterCallback | None",
+        checkpoint_dir: Path | None,
+        on_gpu: bool,
+    ) -> None:
+        self.config, self.model, self.train_ds, self.val_ds, self.steps = config, model, train_ds, val_ds, steps
+        self.progress, self.checkpoint_dir, self.on_gpu = progress, checkpoint_dir, on_gpu
+        self.stopped = False
+        self.resumed_from = 0
+
+    def run(self, learning_rate: float, first: int, last: int, phase: str) -> dict[str, list[float]]:
+        head_done = self.checkpoint_dir / _HEAD_DONE if self.checkpoint_dir else None
+        if phase == "head" and head_done and head_done.exists() and self.config.fine_tune_epochs:
+            self.model.load_weights(head_done)  # resumed after the head phase had finished
+            self.resumed_from = max(self.resumed_from, last)
+            return {}
+        self._compile(learning_rate, epochs=last - first)
+        callbacks: list[Any] = []
+        if self.checkpoint_dir:
+            backup = keras.callbacks.BackupAndRestore(str(self.checkpoint_dir / phase), delete_checkpoint=False)
+            callbacks.append(backup)
+        if self.config.early_stopping_patience and self.val_ds is not None:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    patience=self.config.early_stopping_patience, restore_best_weights=True, start_from_epoch=first
+                )
+            )
+        if self.progress:
+            callbacks.append(self.progress)
+        # Keras saves a checkpoint only at epoch ends, so a resumed run restarts its epoch.
+        fit = self.model.fit(
+            self.train_ds,
+            validation_data=self.val_ds,
+            initial_epoch=first,
+            epochs=last,
+            callbacks=callbacks,
+            shuffle=False,  # the tf.data pipeline shuffles
+            verbose=0,
+        )
+        if self.progress and self.progress.first_epoch is not None:
+            self.resumed_from = max(self.resumed_from, self.progress.first_epoch)
+        self.stopped = bool(self.progress and self.progress.stopped)
+        if phase == "head" and head_done and not self.stopped:
+            self.model.save_weights(head_done)
+        return {k: [float(v) for v in vs] for k, vs in fit.history.items()}
+
+    def _compile(self, learning_rate: float, epochs: int) -> None:
+        config, total = self.config, max(epochs * self.steps, 1)
+        schedule: Any = learning_rate
+        if config.schedule == "one_cycle":
+            schedule = OneCycle(learning_rate, total, int(total * config.warmup_fraction))
+        elif config.schedule == "cosine":
+            schedule = keras.optimizers.schedules.CosineDecay(learning_rate, total)
+        # The average spans the last ~5% of the steps: a fixed 0.99 would still carry
+        # the random initial weights at the end of a short run.
+        momentum = min(max(1 - 20 / total, 0.9), 0.999)
+        common = {"learning_rate": schedule, "use_ema": config.weight_averaging, "ema_momentum": momentum}
+        if config.optimizer == "sgd":
+            optimizer = keras.optimizers.SGD(momentum=0.9, nesterov=True, weight_decay=config.weight_decay, **common)
+        elif config.optimizer == "adamw":
+            optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay or 1e-4, **common)
+        else:
+            optimizer = keras.optimizers.Adam(weight_decay=config.weight_decay or None, **common)
+        if config.weight_decay:
+            # Decay the kernels only: shrinking batch-norm scales and biases just hurts.
+            optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+        self.model.compile(
+            optimizer=optimizer,
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+            metrics=["accuracy"],
+            # XLA and multi-step execution pay off on GPUs; on CPU XLA is 3x slower (DESIGN.md section 8).
+            jit_compile="auto" if self.on_gpu else False,
+            steps_per_execution=8 if self.on_gpu else 1,
+        )
+
+
+def _merge(first: dict[str, list[float]], second: dict[str, list[float]]) -> dict[str, list[float]]:
+    return {k: first.get(k, []) + second.get(k, []) for k in {*first, *second}}
+
+
+def _class_weights(data: TrainData, config: TrainConfig) -> np.ndarray | None:
+    """Inverse-frequency weights, mean 1 over the training images."""
+    if config.class_weighting != "on":
+        return None
+    counts = np.asarray(data.class_counts(), dtype=np.float64)
+    weights = np.where(counts > 0, len(data.train) / (len(counts) * np.maximum(counts, 1)), 0.0)
+    return weights.astype(np.float32)
+
+
+def _dataset(
+    split: Split, batch_size: int, num_classes: int, *, shuffle_seed: int | None = None, weights: Any = None
+) -> Any:
+    """Batches of (uint8 images, one-hot labels[, weights]) gathered by index from
+    `split.x`, so a memory-mapped cache streams from disk instead of being copied
+    into memory. Shuffled batches drop the remainder: a one-image batch would
+    wreck batch-norm statistics."""
+    training = shuffle_seed is not None
+    indices = tf.data.Dataset.range(len(split))
+    if training:
+        indices = indices.shuffle(len(split), seed=shuffle_seed, reshuffle_each_iteration=True)
+    indices = indices.batch(batch_size, drop_remainder=training)
+    shape = split.x.shape[1:]
+
+    def gather(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.ascontiguousarray(split.x[batch]), split.y[batch].astype(np.int32)
+
+    def load(batch: Any) -> Any:
+        x, y = tf.numpy_function(gather, [batch], (tf.uint8, tf.int32), stateful=False)
+        x.set_shape((None, *shape))
+        y.set_shape((None,))
+        labels = tf.one_hot(y, num_classes)
+        if weights is None:
+            return x, labels
+        return x, labels, tf.gather(tf.constant(weights), y)
+
+    return indices.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 def evaluate(model: Any, split: Split, classes: list[str], batch_size: int) -> dict[str, Any]:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix (sklearn)."""
     if len(split) == 0:
         return {"accuracy": None, "count": 0}
-    probs = model.predict(split.x, batch_size=batch_size, verbose=0)
+    probs = model.predict(_dataset(split, batch_size, len(classes)).map(lambda x, _: x), verbose=0)
     predicted = probs.argmax(axis=1)
     labels = list(range(len(classes)))
     report = classification_report(
@@ -124,10 +276,14 @@ class _ReporterCallback(keras.callbacks.Callback):
         super().__init__()
         self.reporter, self.batch_size = reporter, batch_size
         self.stopped = False
+        self.first_epoch: int | None = None
         self.epoch = 0
         self.started = self.last_report = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if self.first_epoch is None:  # after BackupAndRestore moved the start
+            self.first_epoch = epoch
+            self.reporter.start(epoch, int(self.params.get("steps") or 0))
         self.epoch, self.started = epoch, time.monotonic()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:

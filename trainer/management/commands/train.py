@@ -1,3 +1,4 @@
+import argparse
 import json
 import time
 from typing import Any
@@ -12,8 +13,18 @@ from trainer.services import TrainingRefused, training_job_run, training_job_sta
 _CONFIG_OPTIONS = ("arch", "epochs", "batch_size", "learning_rate", "image_size", "seed")
 
 
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE, got {text!r}")
+    return key.strip().replace("-", "_"), value.strip()
+
+
 class Command(BaseCommand):
-    help = "Start a training job on a dataset (by name or id); it runs on a worker's `gpu` queue."
+    help = (
+        "Start a training job on a dataset (by name or id); it runs on a worker's `gpu` queue. "
+        "Options not given take the architecture's defaults."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("dataset", help="dataset name or id")
@@ -23,6 +34,15 @@ class Command(BaseCommand):
         parser.add_argument("--learning-rate", type=float)
         parser.add_argument("--image-size", type=int)
         parser.add_argument("--seed", type=int)
+        parser.add_argument(
+            "--set",
+            dest="config_fields",
+            metavar="FIELD=VALUE",
+            type=_key_value,
+            action="append",
+            default=[],
+            help="any other config field, e.g. --set label_smoothing=0.1 --set flip=off (repeatable)",
+        )
         parser.add_argument("--wait", action="store_true", help="wait for the job to finish, showing progress")
         parser.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
         parser.add_argument("--inline", action="store_true", help="train in this process instead of on a worker")
@@ -31,7 +51,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         dataset = _find_dataset(options["dataset"])
         try:
-            config = TrainConfig.from_dict({k: options[k] for k in _CONFIG_OPTIONS if options[k] is not None})
+            given = dict(options["config_fields"])
+            given.update({k: options[k] for k in _CONFIG_OPTIONS if options[k] is not None})
+            config = TrainConfig.from_dict(given)
         except ConfigError as exc:
             raise CommandError(str(exc)) from exc
         try:
