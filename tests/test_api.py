@@ -129,5 +129,24 @@ def test_openapi_schema_is_valid_and_documents_every_endpoint(tmp_path):
     call_command("spectacular", "--fail-on-warn", "--validate", "--file", str(schema))
     text = schema.read_text()
     for path in ("/api/v1/datasets/", "/api/v1/images/", "/api/v1/labels/{id}/merge/", "/api/v1/imports/{id}/retry/",
-                 "/api/v1/jobs/{id}/cancel/", "/api/v1/models/{id}/promote/", "/api/v1/predict/"):  # fmt: skip
+                 "/api/v1/jobs/{id}/cancel/", "/api/v1/jobs/{id}/repeat/", "/api/v1/models/{id}/promote/",
+                 "/api/v1/predict/"):  # fmt: skip
         assert f"  {path}:" in text
+
+
+@pytest.mark.django_db
+def test_job_config_takes_the_architectures_defaults_and_jobs_filter_and_repeat(api, admin_user, colour_dataset):
+    api.force_authenticate(admin_user)
+    made = api.post("/api/v1/jobs/", {"dataset": colour_dataset.pk, "config": {"arch": "baseline"}}, format="json")
+    assert made.status_code == 201
+    assert made.json()["config"]["optimizer"] == "adam" and made.json()["config"]["batch_size"] == 64
+    resnet = api.post("/api/v1/jobs/", {"dataset": colour_dataset.pk}, format="json").json()
+    assert resnet["config"]["arch"] == "resnet" and resnet["config"]["schedule"] == "one_cycle"
+    assert [j["id"] for j in api.get("/api/v1/jobs/?arch=baseline").json()["results"]] == [made.json()["id"]]
+    assert api.get("/api/v1/jobs/?arch=vgg").status_code == 400  # not a choice
+    again = api.post(f"/api/v1/jobs/{made.json()['id']}/repeat/")
+    assert again.status_code == 201 and again.json()["id"] not in (made.json()["id"], resnet["id"])
+    assert again.json()["config"] == made.json()["config"]
+    assert again.json()["snapshot_hash"] == made.json()["snapshot_hash"] != ""
+    bad = api.post("/api/v1/jobs/", {"dataset": colour_dataset.pk, "config": {"flip": "sometimes"}}, format="json")
+    assert bad.status_code == 400 and "not true or false" in bad.json()["config"][0]

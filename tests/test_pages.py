@@ -99,3 +99,26 @@ def test_readyz_reports_a_broker_outage(client, monkeypatch):
     ready = client.get("/readyz", HTTP_ACCEPT="application/json")
     assert ready.status_code == 500
     assert "broker unreachable" in ready.json()["Broker()"]
+
+
+@pytest.mark.django_db
+def test_new_job_form_has_an_advanced_section_and_each_architectures_defaults(admin_client):
+    page = admin_client.get("/jobs/new/").content.decode()
+    assert '<details id="advanced"' in page and 'name="label_smoothing"' in page and 'name="fine_tune_epochs"' in page
+    assert 'id="arch-presets"' in page and '"baseline": {"arch": "baseline"' in page
+
+
+@pytest.mark.django_db
+def test_job_list_filters_and_run_again(admin_client, colour_dataset):
+    admin_client.post("/jobs/new/", _job_form(colour_dataset, epochs=2))
+    admin_client.post("/jobs/new/", _job_form(colour_dataset, arch="resnet", epochs=3))
+    baseline, resnet = TrainingJob.objects.order_by("pk")
+    assert resnet.config["optimizer"] == "sgd"  # fields left out took resnet's defaults
+    listed = admin_client.get("/jobs/?arch=baseline").content.decode()
+    assert f"/jobs/{baseline.pk}/" in listed and f"/jobs/{resnet.pk}/" not in listed
+    assert "No jobs match these filters" in admin_client.get("/jobs/?status=succeeded").content.decode()
+    response = admin_client.post(f"/jobs/{baseline.pk}/repeat/")
+    again = TrainingJob.objects.latest("pk")
+    assert response["Location"] == f"/jobs/{again.pk}/" and again.config == baseline.config
+    page = admin_client.get(f"/jobs/{again.pk}/").content.decode()
+    assert 'id="loss-chart"' in page and 'id="job-history"' in page and "Run again" in page

@@ -65,6 +65,7 @@ class TrainResult:
     stopped_early: bool = False
     model_dir: Path = field(default_factory=Path)
     resumed_from_epoch: int = 0
+    train_seconds: float = 0.0  # inside model.fit, this attempt: no data loading, evaluation or saving
 
 
 def train(
@@ -119,7 +120,7 @@ def _train(
     served.save(out_dir / MODEL_FILE)
     run = {"config": config.to_dict(), "classes": data.classes, "metrics": metrics, "history": history}
     (out_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
-    return TrainResult(history, metrics, fit.stopped, out_dir, resumed_from_epoch=fit.resumed_from)
+    return TrainResult(history, metrics, fit.stopped, out_dir, fit.resumed_from, fit.seconds)
 
 
 class _Fit:
@@ -140,6 +141,7 @@ class _Fit:
         self.progress, self.checkpoint_dir, self.on_gpu = progress, checkpoint_dir, on_gpu
         self.stopped = False
         self.resumed_from = 0
+        self.seconds = 0.0
 
     def run(self, learning_rate: float, first: int, last: int, phase: str) -> dict[str, list[float]]:
         head_done = self.checkpoint_dir / _HEAD_DONE if self.checkpoint_dir else None
@@ -161,6 +163,7 @@ class _Fit:
         if self.progress:
             callbacks.append(self.progress)
         # Keras saves a checkpoint only at epoch ends, so a resumed run restarts its epoch.
+        started = time.perf_counter()
         fit = self.model.fit(
             self.train_ds,
             validation_data=self.val_ds,
@@ -170,6 +173,7 @@ class _Fit:
             shuffle=False,  # the tf.data pipeline shuffles
             verbose=0,
         )
+        self.seconds += time.perf_counter() - started
         if self.progress and self.progress.first_epoch is not None:
             self.resumed_from = max(self.resumed_from, self.progress.first_epoch)
         self.stopped = bool(self.progress and self.progress.stopped)
