@@ -197,6 +197,39 @@ def test_a_killed_run_resumes_from_its_last_epoch_checkpoint(tmp_path):
     assert result.resumed_from_epoch == 2 and result.metrics["accuracy"] >= 0.9
 
 
+def test_early_stopping_ends_a_run_whose_validation_loss_stops_improving(tmp_path):
+    from trainer.ml.train import Split, train
+
+    data = _data(6)
+    rng = np.random.default_rng(7)
+    data.val = Split(data.val.x, rng.integers(0, 2, len(data.val)))  # labels unrelated to the images
+    config = TrainConfig.from_dict({"arch": "baseline", "image_size": 24, "epochs": 40, "batch_size": 16,
+                                    "learning_rate": 3e-3, "early_stopping_patience": 2})  # fmt: skip
+    result = train(config, data, tmp_path)
+    # As the model grows sure of the training labels, the loss on random labels
+    # only rises: the run stops two epochs after its best, far short of 40.
+    assert len(result.history["loss"]) < 15
+    assert not result.stopped_early  # that flag means a user's cancel
+
+
+@pytest.mark.parametrize("limit", [0, 2**40], ids=["streamed from a memory map", "in memory"])
+def test_batches_come_from_memory_or_stream_from_a_memory_map(tmp_path, monkeypatch, limit):
+    from trainer.ml import train as training
+
+    monkeypatch.setattr(training, "IN_MEMORY_BYTES", limit)
+    x, y = _blobs(50, np.random.default_rng(8))
+    np.save(tmp_path / "x.npy", x)
+    split = training.Split(np.load(tmp_path / "x.npy", mmap_mode="r"), y)
+    in_order = list(training._dataset(split, 16, 2).as_numpy_iterator())
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in in_order]), x)  # evaluation keeps the order
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in in_order]).argmax(1), y)
+    shuffled = list(training._dataset(split, 16, 2, shuffle_seed=3).as_numpy_iterator())
+    assert len(shuffled) == 3  # 50 images: three full batches, the remainder dropped
+    images, labels = np.concatenate([b[0] for b in shuffled]), np.concatenate([b[1] for b in shuffled]).argmax(1)
+    lookup = {img.tobytes(): label for img, label in zip(x, y, strict=True)}
+    assert all(lookup[img.tobytes()] == label for img, label in zip(images, labels, strict=True))  # pairs kept
+
+
 def test_class_weights_are_inverse_frequency_with_mean_one():
     from trainer.ml.train import Split, TrainData, _class_weights
 

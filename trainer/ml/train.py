@@ -24,6 +24,8 @@ from trainer.ml.layers import OneCycle
 
 logger = logging.getLogger(__name__)
 
+# Training images up to this size are held in memory; larger ones stream from the cache.
+IN_MEMORY_BYTES = 2 * 1024**3
 MODEL_FILE = "model.keras"
 RUN_FILE = "run.json"
 _HEAD_DONE = "head.weights.h5"  # pretrained backbones: the head phase finished
@@ -227,30 +229,48 @@ def _class_weights(data: TrainData, config: TrainConfig) -> np.ndarray | None:
 def _dataset(
     split: Split, batch_size: int, num_classes: int, *, shuffle_seed: int | None = None, weights: Any = None
 ) -> Any:
-    """Batches of (uint8 images, one-hot labels[, weights]) gathered by index from
-    `split.x`, so a memory-mapped cache streams from disk instead of being copied
-    into memory. Shuffled batches drop the remainder: a one-image batch would
-    wreck batch-norm statistics."""
+    """Batches of (uint8 images, one-hot labels[, weights]) gathered by index.
+    Images up to IN_MEMORY_BYTES are gathered in-graph from memory; a larger
+    memory-mapped cache is read batch by batch, streaming from disk instead of
+    being copied into memory. Shuffled batches drop the remainder: a one-image
+    batch would wreck batch-norm statistics."""
     training = shuffle_seed is not None
     indices = tf.data.Dataset.range(len(split))
     if training:
         indices = indices.shuffle(len(split), seed=shuffle_seed, reshuffle_each_iteration=True)
     indices = indices.batch(batch_size, drop_remainder=training)
-    shape = split.x.shape[1:]
-
-    def gather(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return np.ascontiguousarray(split.x[batch]), split.y[batch].astype(np.int32)
+    gather = _gather_in_memory(split) if split.x.nbytes <= IN_MEMORY_BYTES else _gather_from_disk(split)
 
     def load(batch: Any) -> Any:
-        x, y = tf.numpy_function(gather, [batch], (tf.uint8, tf.int32), stateful=False)
-        x.set_shape((None, *shape))
-        y.set_shape((None,))
+        x, y = gather(batch)
         labels = tf.one_hot(y, num_classes)
         if weights is None:
             return x, labels
         return x, labels, tf.gather(tf.constant(weights), y)
 
     return indices.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def _gather_in_memory(split: Split) -> Any:
+    images, labels = tf.constant(np.asarray(split.x)), tf.constant(split.y.astype(np.int32))
+    return lambda batch: (tf.gather(images, batch), tf.gather(labels, batch))
+
+
+def _gather_from_disk(split: Split) -> Any:
+    shape = split.x.shape[1:]
+
+    def read(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.sort(batch)  # sequential reads; the order inside a batch does not matter
+        order = np.argsort(np.argsort(batch))
+        return np.ascontiguousarray(split.x[rows][order]), split.y[batch].astype(np.int32)
+
+    def gather(batch: Any) -> Any:
+        x, y = tf.numpy_function(read, [batch], (tf.uint8, tf.int32), stateful=False)
+        x.set_shape((None, *shape))
+        y.set_shape((None,))
+        return x, y
+
+    return gather
 
 
 def evaluate(model: Any, split: Split, classes: list[str], batch_size: int) -> dict[str, Any]:
