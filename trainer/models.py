@@ -5,7 +5,7 @@ from django.db import models
 from django.db.models import Q
 
 from datasets.models import Dataset
-from trainer.ml.config import BACKBONES
+from trainer.ml.config import TrainConfig
 
 
 class JobStatus(models.TextChoices):
@@ -62,10 +62,7 @@ class TrainingJob(models.Model):
     @property
     def epochs(self) -> int:
         """All epochs of the run: for pretrained backbones, head plus fine-tuning."""
-        epochs = int(self.config.get("epochs", 0))
-        if self.config.get("arch") in BACKBONES:
-            epochs += int(self.config.get("fine_tune_epochs", 0))
-        return epochs
+        return TrainConfig.from_dict(self.config).total_epochs
 
     @property
     def eta_seconds(self) -> float | None:

@@ -5,10 +5,11 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
 from classifier_site.permissions import admin_user
-from datasets.models import Dataset
+from datasets.selectors import dataset_list
 from trainer.forms import TrainingJobForm
 from trainer.ml.config import ARCHITECTURES
 from trainer.models import JobStatus
@@ -21,12 +22,12 @@ def job_list_view(request: HttpRequest) -> HttpResponse:
     filters = {key: request.GET.get(key, "").strip() for key in ("dataset", "status", "arch")}
     jobs = job_list_filtered(user=request.user, **filters)
     page = Paginator(jobs, 25).get_page(request.GET.get("page"))
-    query = "&".join(f"{k}={v}" for k, v in filters.items() if v)
+    query = urlencode({k: v for k, v in filters.items() if v})
     context = {
         "page": page,
         "filters": filters,
         "query": query,
-        "datasets": Dataset.objects.order_by("name").only("pk", "name"),
+        "datasets": dataset_list(user=request.user),
         "statuses": JobStatus.choices,
         "architectures": ARCHITECTURES,
     }
