@@ -110,8 +110,10 @@ def celery_worker_process(transactional_db: None, tmp_path: Path) -> Iterator[su
 
 @pytest.fixture
 def celery_worker_with_beat(transactional_db: None, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A real worker with celery beat inside it (`-B`) running the reaper every
-    second, and heartbeats short enough to declare a killed run dead in seconds."""
+    """A real worker plus a separate `celery beat` process (as the Procfile runs
+    them) sending the reaper every second, and heartbeats short enough to declare
+    a killed run dead in seconds. Beat is its own process, not `worker -B`: a test
+    that kills the worker's children must not take the reaper down with them."""
     env = subprocess_env()
     env.update(
         TRAIN_HEARTBEAT_INTERVAL="0.5",
@@ -119,24 +121,40 @@ def celery_worker_with_beat(transactional_db: None, tmp_path: Path) -> Iterator[
         TRAIN_REAP_INTERVAL="1",
         VAR_DIR=str(tmp_path / "var"),  # beat's schedule file
     )
-    yield from _worker(tmp_path, env, "-B")
+    worker = _worker(tmp_path, env)
+    proc = next(worker)
+    beat = _start(["beat", "-l", "INFO"], tmp_path / "beat.log", env)
+    try:
+        yield proc
+    finally:
+        _stop(beat)
+        next(worker, None)
 
 
-def _worker(tmp_path: Path, env: dict[str, str], *extra: str) -> Iterator[subprocess.Popen[bytes]]:
+def _worker(tmp_path: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     redis.Redis.from_url(TEST_BROKER_URL).flushdb()  # no messages left by earlier tests
-    log = (tmp_path / "worker.log").open("wb")
-    command = [sys.executable, "-m", "celery", "-A", "classifier_site", "worker", "-Q", "default,gpu", "-c", "1",
-               "--without-gossip", "--without-mingle", "-l", "INFO", *extra]  # fmt: skip
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    command = ["worker", "-Q", "default,gpu", "-c", "1", "--without-gossip", "--without-mingle", "-l", "INFO"]
+    proc = _start(command, tmp_path / "worker.log", env)
     _wait_for_line(tmp_path / "worker.log", "ready.", proc, timeout=60)
-    proc.log_path = tmp_path / "worker.log"  # type: ignore[attr-defined]
     yield proc
+    _stop(proc)
+
+
+def _start(arguments: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A `celery -A classifier_site ...` process logging to `log_path` (kept on it as `log_path`)."""
+    with log_path.open("wb") as log:  # the child keeps its own copy of the descriptor
+        command = [sys.executable, "-m", "celery", "-A", "classifier_site", *arguments]
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = log_path  # type: ignore[attr-defined]
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
 
 
 def _wait_for_line(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
