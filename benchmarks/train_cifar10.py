@@ -76,10 +76,11 @@ def seed_script(x_train, y_train, x_val, y_val, x_test, y_test, epochs: int) -> 
 
 def platform(config, x_train, y_train, x_val, y_val, x_test, y_test, classes) -> tuple[float, float, float]:
     """(test accuracy, training seconds, total seconds) of one platform run."""
+    from trainer.ml.device import cpu_has_bf16
     from trainer.ml.train import Split, TrainData, train
 
     data = TrainData(classes, Split(x_train, y_train), Split(x_val, y_val), Split(x_test, y_test))
-    config = config.resolve(on_gpu=_on_gpu(), class_counts=data.class_counts())
+    config = config.resolve(on_gpu=_on_gpu(), class_counts=data.class_counts(), cpu_bf16=cpu_has_bf16())
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         result = train(config, data, Path(out), on_gpu=_on_gpu())

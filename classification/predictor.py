@@ -81,7 +81,7 @@ def _load(version: ModelVersion) -> _Loaded:
 
     import trainer.ml.layers  # noqa: F401  registers the custom layers saved in model files
 
-    path = _local_copy(version)
+    path = local_model_file(version)
     model = keras.saving.load_model(path, compile=False)
     size = version.image_size
     spec = tf.TensorSpec(shape=(None, size, size, 3), dtype=tf.uint8)
@@ -89,7 +89,7 @@ def _load(version: ModelVersion) -> _Loaded:
     return _Loaded(version_id=version.pk, sha256=version.sha256, predict=fn)
 
 
-def _local_copy(version: ModelVersion) -> Path:
+def local_model_file(version: ModelVersion) -> Path:
     """A verified local file of the version: storage may be remote, and files can rot."""
     cache = Path(settings.MODEL_CACHE_DIR) / f"{version.sha256}.keras"
     if not cache.exists():

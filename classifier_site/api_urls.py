@@ -6,7 +6,7 @@ from rest_framework.routers import DefaultRouter
 
 from classification.api import PredictView
 from datasets.api import DatasetViewSet, ImageViewSet, ImportViewSet, LabelViewSet
-from trainer.api import ModelVersionViewSet, TrainingJobViewSet
+from trainer.api import EvaluationViewSet, ModelVersionViewSet, TrainingJobViewSet
 
 router = DefaultRouter()
 router.register("datasets", DatasetViewSet, basename="dataset")
@@ -15,6 +15,7 @@ router.register("labels", LabelViewSet, basename="label")
 router.register("imports", ImportViewSet, basename="import")
 router.register("jobs", TrainingJobViewSet, basename="job")
 router.register("models", ModelVersionViewSet, basename="model")
+router.register("evaluations", EvaluationViewSet, basename="evaluation")
 
 urlpatterns = [
     path("predict/", PredictView.as_view(), name="api-predict"),

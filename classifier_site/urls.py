@@ -20,6 +20,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("datasets/", include("datasets.urls")),
     path("jobs/", include("trainer.urls")),
+    path("evaluations/", include("trainer.report_urls")),
     path("predict/", include("classification.urls")),
     path("api/v1/", include("classifier_site.api_urls")),
 ]

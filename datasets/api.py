@@ -74,7 +74,7 @@ class ImageFilter(django_filters.FilterSet):
 
     class Meta:
         model = Image
-        fields = ["dataset", "label", "split", "unlabelled"]
+        fields = ["dataset", "label", "split", "unlabelled", "needs_review"]
 
 
 class ImageSerializer(serializers.ModelSerializer):
@@ -82,9 +82,9 @@ class ImageSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Image
-        fields = ["id", "dataset", "label", "label_name", "split", "width", "height", "sha256", "original_name",
-                  "created_at"]  # fmt: skip
-        read_only_fields = [f for f in fields if f != "label"]
+        fields = ["id", "dataset", "label", "label_name", "split", "needs_review", "width", "height", "sha256",
+                  "original_name", "created_at"]  # fmt: skip
+        read_only_fields = [f for f in fields if f not in ("label", "needs_review")]
 
     def validate_label(self, label: Label | None) -> Label | None:
         if label is not None and self.instance is not None and label.dataset_id != self.instance.dataset_id:

@@ -51,6 +51,9 @@ class Image(models.Model):
     height = models.PositiveIntegerField()
     label = models.ForeignKey(Label, null=True, blank=True, on_delete=models.SET_NULL, related_name="images")
     split = models.CharField(max_length=5, choices=Split.choices, default=Split.TRAIN)
+    # In the labelling queue: someone (an evaluation report, a reviewer) asked for a second look.
+    # db_default: the importer writes rows with a raw multi-row INSERT that names only its columns.
+    needs_review = models.BooleanField(default=False, db_default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -77,6 +77,14 @@ class Snapshot:
         return sum(1 for _, _, s in self.images if s == split)
 
 
+def dataset_find(reference: str) -> Dataset | None:
+    """A dataset by name or, failing that, by id (how commands name one)."""
+    dataset = Dataset.objects.filter(name=reference).first()
+    if dataset is None and reference.isdigit():
+        dataset = Dataset.objects.filter(pk=int(reference)).first()
+    return dataset
+
+
 def dataset_snapshot(*, dataset: Dataset) -> Snapshot:
     """Labelled images with their class and split, and a hash of exactly that content."""
     rows = list(
@@ -93,9 +101,13 @@ def dataset_snapshot(*, dataset: Dataset) -> Snapshot:
     return Snapshot(classes=classes, images=images, hash=digest.hexdigest())
 
 
-def image_list(*, dataset: Dataset, label: str = "", split: str = "", unlabelled: bool = False) -> QuerySet[Image]:
-    """A dataset's images, filtered by class id, split, or unlabelled only."""
+def image_list(
+    *, dataset: Dataset, label: str = "", split: str = "", unlabelled: bool = False, needs_review: bool = False
+) -> QuerySet[Image]:
+    """A dataset's images, filtered by class id, split, unlabelled only or queued for review."""
     images = Image.objects.filter(dataset=dataset).select_related("label").order_by("-id")
+    if needs_review:
+        images = images.filter(needs_review=True)
     if unlabelled:
         images = images.filter(label__isnull=True)
     elif label.isdigit():

@@ -84,6 +84,22 @@ def label_get_or_create(*, dataset: Dataset, name: str) -> Label:
     return label
 
 
+def image_relabel(*, image: Image, label_name: str) -> Image:
+    """Give `image` the class named `label_name` in its dataset (created if new);
+    a decided label takes it out of the labelling queue."""
+    label = label_get_or_create(dataset=image.dataset, name=label_name)
+    Image.objects.filter(pk=image.pk).update(label=label, needs_review=False)
+    image.label, image.needs_review = label, False
+    return image
+
+
+def image_queue_for_review(*, image: Image) -> Image:
+    """Put `image` in its dataset's labelling queue (the grid's "needs review" filter)."""
+    Image.objects.filter(pk=image.pk).update(needs_review=True)
+    image.needs_review = True
+    return image
+
+
 # --- writing images -------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
 from classifier_site.permissions import admin_user
@@ -64,9 +65,13 @@ def dataset_detail_view(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = dataset_get(user=request.user, pk=pk)
     counts = dataset_class_counts(dataset=dataset)
     unlabelled = dataset_unlabelled_count(dataset=dataset)
-    filters = {k: request.GET.get(k, "") for k in ("label", "split", "unlabelled")}
+    filters = {k: request.GET.get(k, "") for k in ("label", "split", "unlabelled", "review")}
     images = image_list(
-        dataset=dataset, label=filters["label"], split=filters["split"], unlabelled=bool(filters["unlabelled"])
+        dataset=dataset,
+        label=filters["label"],
+        split=filters["split"],
+        unlabelled=bool(filters["unlabelled"]),
+        needs_review=bool(filters["review"]),
     )
     context = {
         "dataset": dataset,
@@ -77,7 +82,7 @@ def dataset_detail_view(request: HttpRequest, pk: int) -> HttpResponse:
         "imports": dataset_imports(dataset=dataset)[:10],
         "page": Paginator(images, GRID_PAGE_SIZE).get_page(request.GET.get("page")),
         "filters": filters,
-        "query": "&".join(f"{k}={v}" for k, v in filters.items() if v),
+        "query": urlencode({k: v for k, v in filters.items() if v}),
         "chart": {
             "labels": [c.name for c in counts],
             "train": [c.train for c in counts],

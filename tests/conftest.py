@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 from django.conf import settings
@@ -15,11 +16,13 @@ from django.db import connection
 from django.test import Client
 
 from classifier_site.celery import app as celery_app
-from datasets.models import Dataset
+from datasets.models import Dataset, Image, Split
 from datasets.services import dataset_create, images_add
 from tests.images import colour_items
+from trainer.evaluations import Predictions, evaluation_record
 from trainer.ml.config import TrainConfig
-from trainer.models import ModelVersion
+from trainer.ml.metrics import report
+from trainer.models import Evaluation, ModelVersion
 from trainer.services import training_job_run, training_job_start
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,3 +169,46 @@ def _wait_for_line(path: Path, text: str, proc: subprocess.Popen[bytes], timeout
             break
         time.sleep(0.2)
     raise AssertionError(f"worker did not start:\n{path.read_text(errors='replace')[-3000:]}")
+
+
+# --- evaluation reports without training ------------------------------------------
+
+CLASSES = ["blue", "green", "red"]  # the colour dataset's classes, sorted as snapshots sort them
+
+
+def model_version_row(dataset: Dataset, **config: object) -> ModelVersion:
+    """A model version row (no file needed: these tests never load the model)."""
+    job = training_job_start(
+        dataset=dataset, config=TrainConfig.from_dict({"arch": "baseline", **config}), enqueue=False
+    )
+    return ModelVersion.objects.create(job=job, dataset=dataset, file="models/none.keras", sha256="0" * 64,
+                                       arch="baseline", image_size=16, classes=CLASSES, metrics={})  # fmt: skip
+
+
+def synthetic_report(dataset: Dataset, version: ModelVersion, mistakes: dict[int, int]) -> Evaluation:
+    """A report on the dataset's test images where image id -> wrongly predicted
+    class index for the ids in `mistakes`, right (confidently) for the rest."""
+    images = list(Image.objects.filter(dataset=dataset, split=Split.TEST).select_related("label").order_by("id"))
+    truth = np.array([CLASSES.index(image.label.name) for image in images])
+    probabilities = np.full((len(images), 3), 0.05)
+    for row, image in enumerate(images):
+        guess = mistakes.get(image.pk, truth[row])
+        probabilities[row, guess] = 0.9
+    metrics = report(truth, probabilities, CLASSES)
+    predictions = Predictions(np.array([i.pk for i in images]), truth, probabilities)
+    evaluation = evaluation_record(
+        version=version, dataset=dataset, split="test", metrics=metrics, predictions=predictions
+    )
+    version.metrics = metrics
+    version.save()
+    return evaluation
+
+
+@pytest.fixture
+def synthetic_evaluation(colour_dataset: Dataset) -> tuple[Evaluation, dict[int, int]]:
+    tests = list(Image.objects.filter(dataset=colour_dataset, split=Split.TEST).select_related("label"))
+    red = [i for i in tests if i.label.name == "red"]
+    blue = [i for i in tests if i.label.name == "blue"]
+    # Two reds taken for blue, one blue taken for green.
+    mistakes = {red[0].pk: 0, red[1].pk: 0, blue[0].pk: 1}
+    return synthetic_report(colour_dataset, model_version_row(colour_dataset), mistakes), mistakes

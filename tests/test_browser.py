@@ -107,3 +107,34 @@ def test_upload_an_archive_and_inspect_the_dataset(live_server, celery_worker_pr
     page.screenshot(path=str(tmp_path / "dataset.png"), full_page=True)
     if shots := os.environ.get("SCREENSHOT_DIR"):
         shutil.copy(tmp_path / "dataset.png", Path(shots) / "dataset.png")
+
+
+def test_a_confusion_matrix_cell_opens_exactly_its_images(live_server, admin_user, synthetic_evaluation, browser):
+    evaluation, mistakes = synthetic_evaluation
+    page = _logged_in(browser, live_server.url, "password")  # pytest-django's admin_user
+    page.goto(f"{live_server.url}/evaluations/{evaluation.pk}/")
+    # Row red (true), column blue (predicted): the two reds the model took for blue.
+    page.click("#confusion-matrix a[data-true='2'][data-predicted='0']")
+    gallery = page.locator("#cell-gallery .cell-gallery[data-true='2'][data-predicted='0']")
+    gallery.wait_for()
+    shown = {int(pk) for pk in gallery.locator(".tile").evaluate_all("tiles => tiles.map(t => t.dataset.image)")}
+    assert shown == {pk for pk, guess in mistakes.items() if guess == 0}
+    page.wait_for_function("() => [...document.querySelectorAll('#cell-gallery img')].every(i => i.naturalWidth > 0)")
+
+    # Another cell replaces the gallery: the blue taken for green.
+    page.click("#confusion-matrix a[data-true='0'][data-predicted='1']")
+    page.locator("#cell-gallery .cell-gallery[data-true='0'][data-predicted='1']").wait_for()
+    (blue_pk,) = [pk for pk, guess in mistakes.items() if guess == 1]
+    assert page.locator("#cell-gallery .tile").evaluate_all("t => t.map(x => x.dataset.image)") == [str(blue_pk)]
+
+    # "The label was wrong": relabel in place, without leaving the report.
+    page.click("#cell-gallery button:has-text('make it green')")
+    page.wait_for_selector("#cell-gallery .updated")
+    assert f"Image {blue_pk} is now labelled green" in page.inner_text("#cell-gallery")
+    assert Image.objects.get(pk=blue_pk).label.name == "green"
+    assert page.url.endswith(f"/evaluations/{evaluation.pk}/")
+
+    # The per-class table sorts by a clicked column.
+    page.click("#class-table th:has-text('F1')")
+    f1 = [float(v) for v in page.locator("#class-table tbody td:nth-child(4)").all_inner_texts()]
+    assert f1 == sorted(f1)

@@ -43,6 +43,10 @@ def test_resolve_settles_every_auto_field_for_the_device_and_data():
     on_gpu = config.resolve(on_gpu=True, class_counts=[5000, 1000])
     assert (on_gpu.size, on_gpu.mixed_precision, on_gpu.class_weighting) == ("large", "on", "on")
     assert on_gpu.resolve(on_gpu=False, class_counts=[1, 1]).size == "large"  # resolved once, kept
+    # A CPU with bfloat16 units (AMX, AVX-512 BF16) gets mixed precision; the seed's baseline stays float32.
+    assert config.resolve(on_gpu=False, class_counts=[9, 9], cpu_bf16=True).mixed_precision == "on"
+    baseline = TrainConfig.from_dict({"arch": "baseline"})
+    assert baseline.resolve(on_gpu=False, class_counts=[9, 9], cpu_bf16=True).mixed_precision == "off"
     # 600 images: batches shrink to keep ten steps an epoch, SGD's rate with them.
     small = config.resolve(on_gpu=False, class_counts=[300, 300])
     assert (small.batch_size, small.learning_rate) == (32, 0.025)
@@ -148,17 +152,45 @@ def test_baseline_learns_a_separable_task_and_writes_a_model_folder(tmp_path):
     assert (tmp_path / MODEL_FILE).stat().st_size > 0
 
 
-def test_resnet_learns_and_serves_flip_averaged_predictions(tmp_path):
+def test_whitening_kernel_decorrelates_two_by_two_patches():
+    from trainer.ml.architectures import PixelStats
+
+    rng = np.random.default_rng(0)
+    # Blocky images: neighbouring pixels equal, channels mixed; strongly correlated patches.
+    coarse = rng.normal(size=(300, 12, 12, 3)) @ np.array([[1.0, 0.5, 0.2], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
+    images = np.clip(np.repeat(np.repeat(coarse, 3, 1), 3, 2) * 40 + 128, 0, 255).astype(np.uint8)
+    stats = PixelStats.of(images)
+    unit = (images.astype(np.float32) - stats.mean) / np.sqrt(stats.variance)
+    patches = np.stack([unit[:, i : i + 35, j : j + 35] for i in (0, 1) for j in (0, 1)], axis=-2).reshape(-1, 12)
+    before = np.corrcoef(patches.T)
+    whitened = patches @ stats.whitening.reshape(12, 24)
+    assert np.abs(before - np.eye(12)).max() > 0.5  # the pixels really were correlated
+    # The first 12 outputs have identity covariance (the small-variance directions
+    # are held back by epsilon); the other 12 are their negatives.
+    covariance = np.cov(whitened[:, :12].T)
+    np.testing.assert_allclose(np.diag(covariance)[-6:], 1, atol=0.05)
+    np.testing.assert_allclose(covariance - np.diag(np.diag(covariance)), 0, atol=0.05)
+    np.testing.assert_allclose(whitened[:, 12:], -whitened[:, :12], atol=1e-4)
+
+
+@pytest.mark.parametrize("mixed", ["off", "on"])
+def test_resnet_learns_and_serves_flip_averaged_predictions(tmp_path, mixed):
     import keras
 
+    from trainer.ml.architectures import PixelStats
     from trainer.ml.train import MODEL_FILE, train
 
     config = TrainConfig.from_dict({"image_size": 24, "epochs": 4, "batch_size": 16, "size": "small",
-                                    "rotation": 5, "zoom": 0.1, "contrast": 0.1})  # fmt: skip
-    result = train(config.resolve(on_gpu=False, class_counts=[48, 48]), _data(2), tmp_path)
+                                    "rotation": 5, "zoom": 0.1, "contrast": 0.1, "mixed_precision": mixed})  # fmt: skip
+    data = _data(2)
+    result = train(config.resolve(on_gpu=False, class_counts=[48, 48]), data, tmp_path)  # "on": bfloat16 on CPU
     assert result.metrics["accuracy"] >= 0.9
     model = keras.saving.load_model(tmp_path / MODEL_FILE)  # custom layers load by registration
+    assert model.output.dtype == "float32"
     (inner,) = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    # The frozen whitening stem kept the kernel computed from the training images.
+    whitening = inner.get_layer("stem_whiten").get_weights()[0]
+    np.testing.assert_allclose(whitening, PixelStats.of(data.train.x).whitening, rtol=1e-5, atol=1e-5)
     kinds = {type(layer).__name__ for layer in inner.layers}
     assert {"RandomFlip", "RandomTranslation", "RandomRotation", "RandomZoom", "RandomContrast", "Add",
             "BatchNormalization", "Normalization"} <= kinds  # fmt: skip

@@ -56,12 +56,13 @@ def test_check_deploy_is_clean_with_production_settings(tmp_path):
     assert run.returncode == 0, run.stderr + run.stdout
 
 
-def test_web_process_does_not_import_tensorflow(tmp_path):
+def test_web_process_does_not_import_tensorflow_or_pyplot(tmp_path):
+    # Charts are drawn by workers; seaborn imports pyplot, which web processes must never hold.
     code = ("import django, sys; django.setup(); import classifier_site.urls, classifier_site.wsgi; "
-            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")  # fmt: skip
+            "print(*(m in sys.modules for m in ('tensorflow', 'keras', 'matplotlib.pyplot')))")  # fmt: skip
     env = {"PATH": "/usr/bin:/bin", "VAR_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "classifier_site.settings"}
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert run.stdout.split() == ["False", "False"], run.stderr
+    assert run.stdout.split() == ["False", "False", "False"], run.stderr
 
 
 def test_migrations_are_complete(tmp_path):

@@ -105,3 +105,66 @@ class ModelVersion(models.Model):
     def accuracy(self) -> float | None:
         value = self.metrics.get("accuracy")
         return float(value) if value is not None else None
+
+
+class Evaluation(models.Model):
+    """One evaluation report of a model version on a dataset's test split: the one
+    written when its job finishes, and one per later `evaluate` run."""
+
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="evaluations")
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="evaluations")
+    split = models.CharField(max_length=5)  # "test", or "val" when the dataset had no test images
+    # trainer.ml.metrics.report: accuracy, top-k, per class, averages, log loss, calibration, matrix.
+    metrics = models.JSONField(default=dict)
+    # The model's classes, in the order of the prediction indices below.
+    classes = models.JSONField(default=list)
+    confusion_png = models.FileField(max_length=300, blank=True)
+    confusion_normalized_png = models.FileField(max_length=300, blank=True)
+    reliability_png = models.FileField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"evaluation {self.pk} of {self.model_version}"
+
+    @property
+    def accuracy(self) -> float | None:
+        value = self.metrics.get("accuracy")
+        return float(value) if value is not None else None
+
+
+class Prediction(models.Model):
+    """What the model answered for one evaluated image: the rows behind each
+    confusion-matrix cell, the mistakes gallery and the CSV download."""
+
+    evaluation = models.ForeignKey(Evaluation, on_delete=models.CASCADE, related_name="predictions")
+    # Kept when the image is deleted later: the report's counts must still add up.
+    image = models.ForeignKey("datasets.Image", null=True, on_delete=models.SET_NULL, related_name="predictions")
+    true_index = models.PositiveSmallIntegerField()
+    predicted_index = models.PositiveSmallIntegerField()
+    confidence = models.FloatField()  # the probability of the predicted class
+    probabilities = models.JSONField()  # one per class, in Evaluation.classes order
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["evaluation", "true_index", "predicted_index"]),
+            models.Index(fields=["evaluation", "-confidence"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"image {self.image_id}: {self.true_name} predicted as {self.predicted_name}"
+
+    @property
+    def is_correct(self) -> bool:
+        return self.true_index == self.predicted_index
+
+    @property
+    def true_name(self) -> str:
+        return str(self.evaluation.classes[self.true_index])
+
+    @property
+    def predicted_name(self) -> str:
+        return str(self.evaluation.classes[self.predicted_index])

@@ -170,7 +170,7 @@ def _describe(exc: Exception) -> str:
 
 def _train(job: TrainingJob, attempt: int) -> None:
     # TensorFlow loads here, in the worker, never in web processes.
-    from trainer.ml.device import configure_devices
+    from trainer.ml.device import configure_devices, cpu_has_bf16
     from trainer.ml.train import train
     from trainer.ml.weights import weights_path
 
@@ -180,7 +180,7 @@ def _train(job: TrainingJob, attempt: int) -> None:
         weights_path(requested.arch)  # a missing file fails the job now, not after loading the data
     _running(job.pk, attempt).update(device=device[:200], environment=package_versions())
     data = _load_data(job, requested.image_size)
-    config = requested.resolve(on_gpu=device != "CPU", class_counts=data.class_counts())
+    config = requested.resolve(on_gpu=device != "CPU", class_counts=data.class_counts(), cpu_bf16=cpu_has_bf16())
     _running(job.pk, attempt).update(config=config.to_dict())  # what "run again" repeats
     reporter = JobReporter(job.pk, attempt, config.total_epochs, job.history)
     checkpoints = checkpoint_dir(job.pk)
@@ -192,9 +192,28 @@ def _train(job: TrainingJob, attempt: int) -> None:
         if result.stopped_early:
             _finish(job.pk, JobStatus.CANCELLED, attempt, error="Cancelled by a user.")
             return
-        with transaction.atomic():
-            model_version_create(job=job, model_dir=result.model_dir, metrics=result.metrics, config=config)
-            _finish(job.pk, JobStatus.SUCCEEDED, attempt, progress=1.0, epoch=config.total_epochs)
+        _record_success(job, attempt, config, data, result)
+
+
+def _record_success(job: TrainingJob, attempt: int, config: TrainConfig, data: Any, result: Any) -> None:
+    """The model file, its evaluation report and the job's success, all or nothing."""
+    from trainer.evaluations import Predictions, evaluation_charts, evaluation_record
+
+    split = result.metrics.get("evaluated_on", "test")
+    evaluated = data.test if split == "test" else data.val
+    charts = evaluation_charts(result.metrics, data.classes, prefix=f"evaluations/job-{job.pk}")
+    with transaction.atomic():
+        version = model_version_create(job=job, model_dir=result.model_dir, metrics=result.metrics, config=config)
+        predictions = Predictions.of(evaluated, result.probabilities)
+        evaluation_record(
+            version=version,
+            dataset=job.dataset,
+            split=split,
+            metrics=result.metrics,
+            predictions=predictions,
+            charts=charts,
+        )
+        _finish(job.pk, JobStatus.SUCCEEDED, attempt, progress=1.0, epoch=config.total_epochs)
 
 
 def _load_data(job: TrainingJob, image_size: int) -> Any:

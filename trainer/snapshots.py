@@ -36,7 +36,8 @@ def snapshot_arrays(snapshot: dict[str, Any], image_size: int) -> TrainData:
         logger.info("decoded images from the cache: %s", folder)
 
     def split(name: str) -> ArraySplit:
-        return ArraySplit(x=np.load(folder / f"{name}_x.npy", mmap_mode="r"), y=np.load(folder / f"{name}_y.npy"))
+        x = np.load(folder / f"{name}_x.npy", mmap_mode="r")
+        return ArraySplit(x=x, y=np.load(folder / f"{name}_y.npy"), ids=np.load(folder / f"{name}_ids.npy"))
 
     return TrainData(
         classes=list(snapshot["classes"]),
@@ -52,15 +53,16 @@ def cache_folder(snapshot: dict[str, Any], files: dict[int, str], image_size: in
     digest = hashlib.sha256(snapshot["hash"].encode())
     for pk, _, _ in snapshot["images"]:
         digest.update(f"{pk}:{files.get(pk, '')}\n".encode())
-    return Path(settings.TRAIN_WORK_DIR) / "arrays" / f"{digest.hexdigest()[:32]}-{image_size}px"
+    # "v2": the cache layout with image ids beside the pixels; older folders are not read.
+    return Path(settings.TRAIN_WORK_DIR) / "arrays" / f"{digest.hexdigest()[:32]}-{image_size}px-v2"
 
 
 def _decode_into(folder: Path, entries: list[list[Any]], files: dict[int, str], image_size: int) -> None:
     """Decode every image once, then publish the folder with one rename, so a
     crash mid-way leaves no half-written cache behind."""
-    by_split: dict[str, list[tuple[str | None, int]]] = {s.value: [] for s in Split}
+    by_split: dict[str, list[tuple[int, str | None, int]]] = {s.value: [] for s in Split}
     for pk, label, split in entries:
-        by_split[split].append((files.get(pk), label))
+        by_split[split].append((pk, files.get(pk), label))
     folder.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
@@ -75,16 +77,18 @@ def _decode_into(folder: Path, entries: list[list[Any]], files: dict[int, str], 
         shutil.rmtree(building, ignore_errors=True)
 
 
-def _write_split(folder: Path, split: str, items: list[tuple[str | None, int]], image_size: int) -> None:
+def _write_split(folder: Path, split: str, items: list[tuple[int, str | None, int]], image_size: int) -> None:
     # Written straight into a memory-mapped file: never the whole split in memory.
     shape = (len(items), image_size, image_size, 3)
     x = np.lib.format.open_memmap(folder / f"{split}_x.npy", mode="w+", dtype=np.uint8, shape=shape)
     labels: list[int] = []
-    for name, label in items:
+    ids: list[int] = []  # which image each row is: evaluation reports link back to them
+    for pk, name, label in items:
         array = _read(name, image_size)
         if array is not None:
             x[len(labels)] = array
             labels.append(label)
+            ids.append(pk)
     x.flush()
     del x
     if len(labels) < len(items):  # skipped images: shrink the file to the rows written
@@ -92,6 +96,7 @@ def _write_split(folder: Path, split: str, items: list[tuple[str | None, int]], 
         np.save(folder / f"{split}_x.tmp.npy", kept)
         (folder / f"{split}_x.tmp.npy").replace(folder / f"{split}_x.npy")
     np.save(folder / f"{split}_y.npy", np.asarray(labels, dtype=np.int64))
+    np.save(folder / f"{split}_ids.npy", np.asarray(ids, dtype=np.int64))
 
 
 def _read(name: str | None, image_size: int) -> np.ndarray | None:

@@ -13,7 +13,7 @@ from datasets.selectors import dataset_list
 from trainer.forms import TrainingJobForm
 from trainer.ml.config import ARCHITECTURES
 from trainer.models import JobStatus
-from trainer.selectors import job_get, job_list_filtered
+from trainer.selectors import evaluation_of_job, job_get, job_list_filtered
 from trainer.services import TrainingRefused, training_job_cancel, training_job_repeat, training_job_start
 
 
@@ -52,14 +52,16 @@ def job_create_view(request: HttpRequest) -> HttpResponse:
 @staff_member_required
 def job_detail_view(request: HttpRequest, pk: int) -> HttpResponse:
     job = job_get(user=request.user, pk=pk)
-    return render(request, "trainer/job_detail.html", {"job": job})
+    evaluation = evaluation_of_job(user=request.user, job=job)
+    return render(request, "trainer/job_detail.html", {"job": job, "evaluation": evaluation})
 
 
 @staff_member_required
 def job_progress_view(request: HttpRequest, pk: int) -> HttpResponse:
     """The live part of the job page; htmx polls it until the job finishes."""
     job = job_get(user=request.user, pk=pk)
-    return render(request, "trainer/_job_progress.html", {"job": job})
+    evaluation = evaluation_of_job(user=request.user, job=job) if job.status == JobStatus.SUCCEEDED else None
+    return render(request, "trainer/_job_progress.html", {"job": job, "evaluation": evaluation})
 
 
 @staff_member_required

@@ -13,31 +13,58 @@ from trainer.ml.config import BACKBONES, TrainConfig
 from trainer.ml.layers import Mirror
 from trainer.ml.weights import weights_path
 
-# resnet channel widths: stem, then the three blocks (airbench's are 24 / 64, 256, 256).
-RESNET_WIDTHS = {"small": (16, 16, 64, 64), "medium": (24, 32, 128, 128), "large": (24, 64, 256, 256)}
+# resnet channel widths of the three blocks (airbench's are 64, 256, 256).
+RESNET_WIDTHS = {"small": (16, 64, 64), "medium": (32, 128, 128), "large": (64, 256, 256)}
+WHITENING_EPSILON = 5e-4  # airbench's, for unit-variance pixels
 
 
 @dataclass(frozen=True)
 class PixelStats:
-    """Per-channel mean and variance of the training images (0-255 scale)."""
+    """Per-channel mean and variance of the training images (0-255 scale), and
+    the whitening kernel of their 2x2 patches (see `whitening_kernel`)."""
 
     mean: tuple[float, float, float]
     variance: tuple[float, float, float]
+    whitening: np.ndarray
+
+    @classmethod
+    def neutral(cls) -> "PixelStats":
+        """For a model whose weights will be loaded or that has no data to look at:
+        0-255 pixels to about unit range, patches kept as they are."""
+        identity = np.eye(12) / np.sqrt(1 + WHITENING_EPSILON)
+        kernel = np.concatenate([identity, -identity], axis=1).reshape(2, 2, 3, 24).astype(np.float32)
+        return cls((127.5,) * 3, (4096.0,) * 3, kernel)  # type: ignore[arg-type]
 
     @classmethod
     def of(cls, images: np.ndarray, sample: int = 10_000) -> "PixelStats":
         # A strided sample: enough for two decimals, and cheap on a memory-mapped cache.
         step = max(len(images) // sample, 1)
-        pixels = np.asarray(images[::step], dtype=np.float32).reshape(-1, 3)
-        mean, variance = pixels.mean(axis=0), pixels.var(axis=0) + 1e-3
-        return cls(mean=tuple(map(float, mean)), variance=tuple(map(float, variance)))  # type: ignore[arg-type]
+        pixels = np.asarray(images[::step], dtype=np.float32)
+        mean, variance = pixels.reshape(-1, 3).mean(axis=0), pixels.reshape(-1, 3).var(axis=0) + 1e-3
+        # About a million pixels are plenty for a 12x12 covariance.
+        count = max(1, 1_000_000 // (pixels.shape[1] * pixels.shape[2]))
+        whitening = whitening_kernel((pixels[:count] - mean) / np.sqrt(variance))
+        return cls(tuple(map(float, mean)), tuple(map(float, variance)), whitening)  # type: ignore[arg-type]
+
+
+def whitening_kernel(images: np.ndarray) -> np.ndarray:
+    """A 2x2 convolution kernel (2, 2, 3, 24) that whitens the images' 2x2 patches:
+    their 12 principal components, each scaled to unit variance, and their negatives
+    (so a ReLU after it loses nothing). airbench starts from this frozen layer; it
+    lets the first epochs learn shapes instead of undoing pixel correlations."""
+    height, width = images.shape[1] - 1, images.shape[2] - 1
+    shifted = [images[:, i : i + height, j : j + width, :] for i in (0, 1) for j in (0, 1)]
+    patches = np.stack(shifted, axis=-2).reshape(-1, 12).astype(np.float64)  # (i, j, channel) order, as Conv2D's
+    eigenvalues, eigenvectors = np.linalg.eigh(patches.T @ patches / len(patches))
+    scaled = eigenvectors / np.sqrt(np.maximum(eigenvalues, 0) + WHITENING_EPSILON)
+    return np.concatenate([scaled, -scaled], axis=1).reshape(2, 2, 3, 24).astype(np.float32)
 
 
 def build_model(config: TrainConfig, num_classes: int, stats: PixelStats | None = None) -> Any:
     if config.arch == "baseline":
         return build_baseline(config.image_size, num_classes)
     if config.arch == "resnet":
-        return build_resnet(config, num_classes, stats or PixelStats((127.5,) * 3, (4096.0,) * 3))  # type: ignore[arg-type]
+        return build_resnet(config, num_classes, stats or PixelStats.neutral())
     return build_pretrained(config, num_classes)
 
 
@@ -59,13 +86,15 @@ def build_baseline(image_size: int, num_classes: int) -> Any:
 
 def build_resnet(config: TrainConfig, num_classes: int, stats: PixelStats) -> Any:
     """A compact residual CNN in the shape of airbench (Keller Jordan's CIFAR-10
-    speed record): a stem, three conv-pool-BN-ReLU blocks with a residual conv
-    each, global max pooling, a bias-free classifier and scaled-down logits."""
-    stem, *widths = RESNET_WIDTHS[config.size if config.size != "auto" else "medium"]
+    speed record): a frozen patch-whitening stem, three conv-pool-BN-ReLU blocks
+    with a residual conv each, global max pooling, a bias-free classifier and
+    scaled-down logits."""
+    widths = RESNET_WIDTHS[config.size if config.size != "auto" else "medium"]
     inputs = keras.Input(shape=(config.image_size, config.image_size, 3), dtype="uint8", name="image")
     x = _augment(inputs, config)
     x = layers.Normalization(mean=stats.mean, variance=stats.variance, dtype="float32", name="normalize")(x)
-    x = _conv_bn(x, stem, "stem")
+    whiten = layers.Conv2D(24, 2, use_bias=False, trainable=False, name="stem_whiten")
+    x = layers.ReLU(name="stem_relu")(whiten(x))
     for index, width in enumerate(widths, start=1):
         x = _conv_bn(x, width, f"block{index}", pool=True)
         x = layers.Add(name=f"block{index}_residual")([x, _conv_bn(x, width, f"block{index}_conv2")])
@@ -74,6 +103,7 @@ def build_resnet(config: TrainConfig, num_classes: int, stats: PixelStats) -> An
     # Small logits keep the softmax soft early in the short schedule (ResNet-9 used 0.125).
     x = layers.Rescaling(0.125)(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    whiten.set_weights([stats.whitening])  # weights, not an initializer: the model file carries them
     return keras.Model(inputs, outputs, name="resnet")
 
 

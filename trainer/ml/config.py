@@ -55,7 +55,8 @@ HELP = {
     "the best weights are kept.",
     "weight_averaging": "Evaluate and serve a moving average of the weights over the last steps.",
     "flip_tta": "Predict on the image and its mirror and average the two.",
-    "mixed_precision": "auto: float16 compute on a GPU, full precision on a CPU.",
+    "mixed_precision": "auto: float16 compute on a GPU, bfloat16 on a CPU with bfloat16 units (AMX, AVX-512 BF16), "
+    "full precision elsewhere.",
     "fine_tune_epochs": "Pretrained backbones: epochs fine-tuning the whole network after the head.",
     "fine_tune_learning_rate": "Pretrained backbones: the (low) rate for fine-tuning.",
 }
@@ -96,7 +97,7 @@ class TrainConfig:
     early_stopping_patience: int = 0  # epochs without val_loss improvement; 0 = off; best weights restored
     weight_averaging: bool = True  # exponential moving average of the weights (resnet recipe)
     flip_tta: bool = True  # average predictions on the image and its mirror
-    mixed_precision: str = "auto"  # auto: float16 compute on a GPU, off on a CPU
+    mixed_precision: str = "auto"  # auto: on for a GPU or a CPU with bfloat16 units
     # Pretrained backbones: `epochs` train the head on the frozen base, then these fine-tune it all.
     fine_tune_epochs: int = 0
     fine_tune_learning_rate: float = 1e-5
@@ -147,7 +148,8 @@ class TrainConfig:
             # The seed notebook: Adam 1e-3, 10 epochs of batch 64, nothing else.
             return cls(arch=arch, epochs=10, batch_size=64, optimizer="adam", learning_rate=1e-3,
                        schedule="constant", weight_decay=0.0, label_smoothing=0.0, flip=False, translate=0.0,
-                       class_weighting="off", weight_averaging=False, flip_tta=False)  # fmt: skip
+                       class_weighting="off", weight_averaging=False, flip_tta=False,
+                       mixed_precision="off")  # fmt: skip
         if arch in BACKBONES:
             return cls(arch=arch, image_size=BACKBONES[arch][2], epochs=5, batch_size=64, optimizer="adam",
                        learning_rate=1e-3, schedule="constant", weight_decay=0.0, label_smoothing=0.1,
@@ -168,11 +170,12 @@ class TrainConfig:
             raise ConfigError(f"bad config value: {exc}") from exc
         return cls.defaults(typed.get("arch", cls.arch)).replace(**typed)
 
-    def resolve(self, *, on_gpu: bool, class_counts: list[int]) -> "TrainConfig":
+    def resolve(self, *, on_gpu: bool, class_counts: list[int], cpu_bf16: bool = False) -> "TrainConfig":
         """Settle the "auto" fields for this device and data (the result has none
-        left), and shrink the batch for small datasets."""
+        left), and shrink the batch for small datasets. `cpu_bf16`: the CPU has
+        bfloat16 matrix units, where mixed precision pays off as on a GPU."""
         size = self.size if self.size != "auto" else ("large" if on_gpu else "medium")
-        mixed = self.mixed_precision if self.mixed_precision != "auto" else ("on" if on_gpu else "off")
+        mixed = self.mixed_precision if self.mixed_precision != "auto" else ("on" if on_gpu or cpu_bf16 else "off")
         weighting = self.class_weighting
         if weighting == "auto":
             present = [c for c in class_counts if c > 0]

@@ -16,11 +16,11 @@ from typing import Any, Protocol
 import keras
 import numpy as np
 import tensorflow as tf
-from sklearn.metrics import classification_report, confusion_matrix
 
 from trainer.ml.architectures import PixelStats, backbone, build_model, with_flip_tta
 from trainer.ml.config import TrainConfig
 from trainer.ml.layers import OneCycle
+from trainer.ml.metrics import SUMMARY_METRICS, report
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class Reporter(Protocol):
 class Split:
     x: np.ndarray  # uint8 (n, size, size, 3); may be a read-only memory map
     y: np.ndarray  # int (n,)
+    ids: np.ndarray | None = None  # which stored image each row is, when the arrays come from a dataset
 
     def __len__(self) -> int:
         return len(self.y)
@@ -68,6 +69,8 @@ class TrainResult:
     model_dir: Path = field(default_factory=Path)
     resumed_from_epoch: int = 0
     train_seconds: float = 0.0  # inside model.fit, this attempt: no data loading, evaluation or saving
+    # The served model's probabilities on the evaluated split (metrics["evaluated_on"]), row by row.
+    probabilities: np.ndarray | None = None
 
 
 def train(
@@ -84,11 +87,19 @@ def train(
         raise ValueError("the training split is empty")
     keras.utils.set_random_seed(config.seed)
     policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision == "on" else "float32")
+    keras.mixed_precision.set_global_policy(precision_policy(config, on_gpu))
     try:
         return _train(config, data, out_dir, reporter, checkpoint_dir, on_gpu)
     finally:
         keras.mixed_precision.set_global_policy(policy)
+
+
+def precision_policy(config: TrainConfig, on_gpu: bool) -> str:
+    """Keras' dtype policy: float16 compute on a GPU (tensor cores), bfloat16 on a
+    CPU (its range needs no loss scaling; oneDNN has bfloat16 kernels)."""
+    if config.mixed_precision != "on":
+        return "float32"
+    return "mixed_float16" if on_gpu else "mixed_bfloat16"
 
 
 def _train(
@@ -116,13 +127,17 @@ def _train(
 
     evaluated_split = data.test if len(data.test) else data.val
     served = with_flip_tta(model) if config.flip_tta else model
-    metrics = evaluate(served, evaluated_split, data.classes, batch_size)
+    probabilities = predict(served, evaluated_split, num_classes, batch_size)
+    metrics = report(evaluated_split.y, probabilities, data.classes)
+    if served is not model and len(evaluated_split):  # flip TTA: show what it is worth
+        plain = report(evaluated_split.y, predict(model, evaluated_split, num_classes, batch_size), data.classes)
+        metrics["without_tta"] = {key: plain.get(key) for key in SUMMARY_METRICS}
     metrics["evaluated_on"] = "test" if len(data.test) else "val"
     out_dir.mkdir(parents=True, exist_ok=True)
     served.save(out_dir / MODEL_FILE)
     run = {"config": config.to_dict(), "classes": data.classes, "metrics": metrics, "history": history}
     (out_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
-    return TrainResult(history, metrics, fit.stopped, out_dir, fit.resumed_from, fit.seconds)
+    return TrainResult(history, metrics, fit.stopped, out_dir, fit.resumed_from, fit.seconds, probabilities)
 
 
 class _Fit:
@@ -273,24 +288,11 @@ def _gather_from_disk(split: Split) -> Any:
     return gather
 
 
-def evaluate(model: Any, split: Split, classes: list[str], batch_size: int) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/F1 and the confusion matrix (sklearn)."""
+def predict(model: Any, split: Split, num_classes: int, batch_size: int) -> np.ndarray:
+    """Class probabilities for every image of `split`, in its order."""
     if len(split) == 0:
-        return {"accuracy": None, "count": 0}
-    probs = model.predict(_dataset(split, batch_size, len(classes)).map(lambda x, _: x), verbose=0)
-    predicted = probs.argmax(axis=1)
-    labels = list(range(len(classes)))
-    report = classification_report(
-        split.y, predicted, labels=labels, target_names=classes, output_dict=True, zero_division=0
-    )
-    return {
-        "accuracy": float((predicted == split.y).mean()),
-        "count": len(split),
-        "per_class": {name: report[name] for name in classes},
-        "macro_avg": report["macro avg"],
-        "weighted_avg": report["weighted avg"],
-        "confusion_matrix": confusion_matrix(split.y, predicted, labels=labels).tolist(),
-    }
+        return np.zeros((0, num_classes), dtype=np.float32)
+    return model.predict(_dataset(split, batch_size, num_classes).map(lambda x, _: x), verbose=0)
 
 
 class _ReporterCallback(keras.callbacks.Callback):

@@ -6,6 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from datasets.models import Dataset
+from datasets.selectors import dataset_find
 from trainer.ml.config import ARCHITECTURES, ConfigError, TrainConfig
 from trainer.models import TrainingJob
 from trainer.services import TrainingRefused, training_job_run, training_job_start
@@ -104,9 +105,7 @@ class Command(BaseCommand):
 
 
 def _find_dataset(ref: str) -> Dataset:
-    dataset = Dataset.objects.filter(name=ref).first()
-    if dataset is None and ref.isdigit():
-        dataset = Dataset.objects.filter(pk=int(ref)).first()
+    dataset = dataset_find(ref)
     if dataset is None:
         raise CommandError(f"no dataset named or numbered {ref!r}")
     return dataset
