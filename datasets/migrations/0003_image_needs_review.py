@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('datasets', '0002_imports_thumbnails_splits'),
+        ("datasets", "0002_imports_thumbnails_splits"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='image',
-            name='needs_review',
+            model_name="image",
+            name="needs_review",
             field=models.BooleanField(db_default=False, default=False),
         ),
     ]
