@@ -59,6 +59,7 @@ def test_a_cell_lists_exactly_its_images(admin_client, synthetic_evaluation):
     shown = {int(pk) for pk in re.findall(r'data-image="(\d+)"', page)}
     assert shown == red_as_blue
     assert "True <strong>red</strong>, predicted <strong>blue</strong>: 2 images" in page
+    assert page.count("predicted <strong>blue</strong> 0.90") == 2 and page.count("(0.05)") == 2  # p(true class)
     assert "<html" not in page  # a fragment for htmx
     assert admin_client.get(f"/evaluations/{evaluation.pk}/cells/2/0/").content.decode().count("<html") == 1
     assert admin_client.get(f"/evaluations/{evaluation.pk}/cells/7/0/").status_code == 404

@@ -162,6 +162,11 @@ class Prediction(models.Model):
         return self.true_index == self.predicted_index
 
     @property
+    def true_probability(self) -> float:
+        """What the model gave the right answer."""
+        return float(self.probabilities[self.true_index])
+
+    @property
     def true_name(self) -> str:
         return str(self.evaluation.classes[self.true_index])
 
