@@ -157,7 +157,7 @@ class EvaluationViewSet(viewsets.ReadOnlyModelViewSet):
         return chart_response(self.get_object(), name)
 
     @extend_schema(responses={(200, "text/csv"): str})
-    @action(detail=True, methods=["get"], url_path="predictions.csv", url_name="predictions")
+    @action(detail=True, methods=["get"], url_path="predictions", url_name="predictions")
     def predictions(self, request: Request, pk: str | None = None) -> HttpResponseBase:
         """Every evaluated image: true and predicted class, confidence, all probabilities."""
         return predictions_csv_response(self.get_object())
