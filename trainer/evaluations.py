@@ -91,8 +91,9 @@ def evaluation_charts(metrics: dict, classes: list[str], *, prefix: str) -> dict
 def _store_predictions(evaluation: Evaluation, predictions: Predictions) -> None:
     probabilities = np.asarray(predictions.probabilities, dtype=np.float64)
     predicted = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, dtype=int)
-    # An image deleted since its snapshot was taken keeps its row, without the link.
-    existing = set(Image.objects.filter(pk__in=[int(i) for i in predictions.image_ids]).values_list("pk", flat=True))
+    # An image deleted since its snapshot was taken keeps its row, without the link. (Read by
+    # dataset, not `pk__in`: a large test split would pass SQLite's limit on query parameters.)
+    existing = set(Image.objects.filter(dataset_id=evaluation.dataset_id).values_list("pk", flat=True))
     rows = (
         Prediction(
             evaluation=evaluation,
