@@ -21,6 +21,8 @@ urlpatterns = [
     path("datasets/", include("datasets.urls")),
     path("jobs/", include("trainer.urls")),
     path("evaluations/", include("trainer.report_urls")),
+    path("models/", include("trainer.model_urls")),
+    path("models/", include("trainer.export_urls")),
     path("predict/", include("classification.urls")),
     path("api/v1/", include("classifier_site.api_urls")),
 ]

@@ -84,7 +84,14 @@ class ModelVersion(models.Model):
     image_size = models.PositiveIntegerField()
     classes = models.JSONField()
     metrics = models.JSONField(default=dict)
+    snapshot_hash = models.CharField(max_length=64, blank=True)  # of the job's frozen dataset snapshot
+    file_size = models.PositiveBigIntegerField(default=0)
+    # Below this top probability the predictor answers "unknown". Chosen on the
+    # validation split when training ends (metrics["rejection"]); admins may change it.
+    rejection_threshold = models.FloatField(default=0.0)
     is_promoted = models.BooleanField(default=False)
+    # Kept after demotion: "roll back" promotes the version promoted before the current one.
+    promoted_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -105,6 +112,46 @@ class ModelVersion(models.Model):
     def accuracy(self) -> float | None:
         value = self.metrics.get("accuracy")
         return float(value) if value is not None else None
+
+    @property
+    def macro_f1(self) -> float | None:
+        value = (self.metrics.get("macro_avg") or {}).get("f1-score")
+        return float(value) if value is not None else None
+
+
+class ExportFormat(models.TextChoices):
+    KERAS = "keras", "Keras (.keras)"
+    SAVEDMODEL = "savedmodel", "TensorFlow SavedModel (.zip)"
+    TFLITE = "tflite", "TensorFlow Lite / LiteRT (.tflite)"
+    ONNX = "onnx", "ONNX (.onnx)"
+
+
+class ExportStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class ModelExport(models.Model):
+    """A model version converted for another runtime, made once by a worker and kept."""
+
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="exports")
+    format = models.CharField(max_length=12, choices=ExportFormat.choices)
+    status = models.CharField(max_length=10, choices=ExportStatus.choices, default=ExportStatus.QUEUED)
+    file = models.FileField(max_length=300, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    file_size = models.PositiveBigIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["model_version", "format"]
+        constraints = [models.UniqueConstraint(fields=["model_version", "format"], name="one_export_per_format")]
+
+    def __str__(self) -> str:
+        return f"{self.format} export of {self.model_version}"
 
 
 class Evaluation(models.Model):

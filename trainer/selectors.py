@@ -42,10 +42,29 @@ def model_version_list(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Mo
     return ModelVersion.objects.select_related("dataset", "job")
 
 
+def model_version_get(*, user: AbstractBaseUser | AnonymousUser, pk: int) -> ModelVersion:
+    try:
+        return model_version_list(user=user).get(pk=pk)
+    except ModelVersion.DoesNotExist:
+        raise Http404("No such model version.") from None
+
+
 def model_version_serving() -> ModelVersion | None:
-    """The promoted version; until one is promoted, the newest finished one."""
-    versions = ModelVersion.objects.select_related("dataset").filter(job__status=JobStatus.SUCCEEDED)
-    return versions.filter(is_promoted=True).first() or versions.order_by("-created_at", "-id").first()
+    """The promoted version: the one every prediction answers with."""
+    return ModelVersion.objects.select_related("dataset").filter(is_promoted=True).first()
+
+
+def model_version_promoted_id() -> tuple[int, str] | None:
+    """(id, sha256) of the promoted version: the predictor's cheap once-a-second check."""
+    return ModelVersion.objects.filter(is_promoted=True).values_list("pk", "sha256").first()
+
+
+def model_version_previous(*, current: ModelVersion) -> ModelVersion | None:
+    """The version promoted before `current`: where a rollback goes."""
+    earlier = ModelVersion.objects.exclude(pk=current.pk).filter(promoted_at__isnull=False)
+    if current.promoted_at is not None:
+        earlier = earlier.filter(promoted_at__lt=current.promoted_at)
+    return earlier.order_by("-promoted_at", "-id").first()
 
 
 def evaluation_list(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Evaluation]:
