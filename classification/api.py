@@ -1,20 +1,57 @@
-"""POST /api/v1/predict/: top classes of an uploaded image from the serving model."""
+"""POST /api/v1/predict/: the promoted model's answer for one or many uploaded images."""
+
+from typing import Any
 
 from django.conf import settings
-from drf_spectacular.utils import extend_schema
-from rest_framework import serializers, status
+from django.core.files.uploadedfile import UploadedFile
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from rest_framework import permissions, serializers
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
 
 from classification.predictor import NoModelAvailable, Prediction, get_predictor
-from classifier_site.uploads import payload_too_large, too_large
-from datasets.imaging import ImageRejected
+from classifier_site.uploads import too_large
+from datasets.imaging import ImageRejected, VectorImageRejected, decode_image
+
+
+class PredictPermission(permissions.BasePermission):
+    """Signed-in users; anyone when PREDICT_ALLOW_ANONYMOUS is on."""
+
+    def has_permission(self, request: Request, view: object) -> bool:
+        return bool(settings.PREDICT_ALLOW_ANONYMOUS or (request.user and request.user.is_authenticated))
+
+
+class PredictThrottle(SimpleRateThrottle):
+    """PREDICT_THROTTLE_RATE per user, PREDICT_ANON_THROTTLE_RATE per IP address
+    for anonymous clients; read at each request, so settings apply without a restart."""
+
+    scope = "predict"
+
+    def __init__(self) -> None:  # the rate depends on the request: see allow_request
+        pass
+
+    def allow_request(self, request: Request, view: object) -> bool:
+        anonymous = not (request.user and request.user.is_authenticated)
+        self.rate = settings.PREDICT_ANON_THROTTLE_RATE if anonymous else settings.PREDICT_THROTTLE_RATE
+        self.num_requests, self.duration = self.parse_rate(self.rate)
+        return super().allow_request(request, view)
+
+    def get_cache_key(self, request: Request, view: object) -> str:
+        user = request.user
+        ident = str(user.pk) if user and user.is_authenticated else f"ip-{self.get_ident(request)}"
+        return f"throttle_predict_{ident}"
 
 
 class PredictRequestSerializer(serializers.Serializer):
-    image = serializers.FileField()
+    image = serializers.FileField(required=False, help_text="One image: the answer is one prediction object.")
+    images = serializers.ListField(
+        child=serializers.FileField(),
+        required=False,
+        help_text="One or more images (repeat the field): the answer lists one result per image, in order.",
+    )
     top_k = serializers.IntegerField(min_value=1, max_value=100, default=5)
 
 
@@ -24,35 +61,143 @@ class ClassScoreSerializer(serializers.Serializer):
 
 
 class ServingVersionSerializer(serializers.Serializer):
-    id = serializers.IntegerField(source="pk")
+    id = serializers.IntegerField()
     name = serializers.CharField()
     arch = serializers.CharField()
-    dataset = serializers.CharField(source="dataset.name")
+    dataset = serializers.CharField()
     sha256 = serializers.CharField()
+    rejection_threshold = serializers.FloatField()
 
 
-class PredictionSerializer(serializers.Serializer):
-    model_version = ServingVersionSerializer(source="version")
-    predictions = ClassScoreSerializer(source="scores", many=True)
+class ImageResultSerializer(serializers.Serializer):
+    filename = serializers.CharField(required=False)
+    label = serializers.CharField(help_text='The best class, or "unknown" below the rejection threshold.')
+    unknown = serializers.BooleanField()
+    predictions = ClassScoreSerializer(many=True, help_text="The top_k classes, most probable first.")
+
+
+class PredictionSerializer(ImageResultSerializer):
+    model_version = ServingVersionSerializer()
+
+
+class BatchPredictionSerializer(serializers.Serializer):
+    model_version = ServingVersionSerializer()
+    results = ImageResultSerializer(many=True)
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+
+
+_VERSION = {"id": 7, "name": "v7 · resnet · cifar10", "arch": "resnet", "dataset": "cifar10",
+            "sha256": "9f2c…", "rejection_threshold": 0.42}  # fmt: skip
+_SCORES = [{"label": "cat", "probability": 0.91}, {"label": "dog", "probability": 0.06}]
+_RESULTS = [
+    {"filename": "a.jpg", "label": "cat", "unknown": False, "predictions": _SCORES},
+    {"filename": "b.png", "label": "unknown", "unknown": True,
+     "predictions": [{"label": "ship", "probability": 0.31}, {"label": "truck", "probability": 0.29}]},
+]  # fmt: skip
+
+
+def _error(description: str, message: str) -> OpenApiResponse:
+    return OpenApiResponse(ErrorSerializer, description, [OpenApiExample(description, {"detail": message})])
 
 
 class PredictView(APIView):
     parser_classes = [MultiPartParser, FormParser]
+    permission_classes = [PredictPermission]
+    throttle_classes = [PredictThrottle]
 
-    @extend_schema(request=PredictRequestSerializer, responses={200: PredictionSerializer})
+    @extend_schema(
+        summary="Classify images with the promoted model",
+        request={"multipart/form-data": PredictRequestSerializer},
+        responses={
+            200: OpenApiResponse(
+                PredictionSerializer,
+                "One result per image; `images` answers a list under `results`.",
+                [
+                    OpenApiExample(
+                        "image",
+                        {"model_version": _VERSION, "label": "cat", "unknown": False, "predictions": _SCORES},
+                    ),
+                    OpenApiExample("images", {"model_version": _VERSION, "results": _RESULTS}),
+                ],
+            ),
+            400: _error("Corrupt or unsupported image, or no image", "b.png: not a usable image: not an image."),
+            413: _error("Request too large or too many images", "Too many images: at most 16 per request."),
+            415: _error("SVG image", "logo.svg: SVG is not supported: send a PNG, JPEG, GIF, BMP, WebP or TIFF image."),
+            429: _error("Throttled", "Request was throttled. Expected available in 3 seconds."),
+            503: _error("No promoted model", "No model is being served yet: train one, then promote it."),
+        },
+    )
     def post(self, request: Request) -> Response:
         if too_large(request._request, settings.PREDICT_MAX_UPLOAD_BYTES):  # before the body is read
-            return payload_too_large(request._request, settings.PREDICT_MAX_UPLOAD_BYTES)  # type: ignore[return-value]
-        incoming = PredictRequestSerializer(data=request.data)
-        incoming.is_valid(raise_exception=True)
-        upload = incoming.validated_data["image"]
-        if upload.size > settings.PREDICT_MAX_UPLOAD_BYTES:
-            limit = settings.PREDICT_MAX_UPLOAD_BYTES // 2**20
-            return Response({"detail": f"Image larger than {limit} MB."}, status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+            return _detail(f"The upload is larger than {settings.PREDICT_MAX_UPLOAD_BYTES / 2**20:,.0f} MB.", 413)
+        single = request.FILES.get("image")
+        uploads: list[UploadedFile] = [single] if single else request.FILES.getlist("images")
+        if not uploads:
+            return _detail('Send an image as the multipart field "image" (or several as "images").', 400)
+        if len(uploads) > settings.PREDICT_MAX_IMAGES:
+            return _detail(f"Too many images: at most {settings.PREDICT_MAX_IMAGES} per request.", 413)
+        top_k = _top_k(request.data.get("top_k") or request.query_params.get("top_k"))
+        if top_k is None:
+            return _detail("top_k must be a whole number from 1 to 100.", 400)
+        images = [upload.read() for upload in uploads]
         try:
-            prediction: Prediction = get_predictor().predict(upload.read(), top_k=incoming.validated_data["top_k"])
-        except ImageRejected as exc:
-            return Response({"detail": f"Not a usable image: {exc}."}, status.HTTP_400_BAD_REQUEST)
+            results = get_predictor().predict_many(images, top_k=top_k)
+        except ImageRejected:
+            return _rejected(uploads, images)
         except NoModelAvailable as exc:
-            return Response({"detail": str(exc)}, status.HTTP_503_SERVICE_UNAVAILABLE)
-        return Response(PredictionSerializer(prediction).data)
+            return _detail(str(exc), 503)
+        version = _version_json(results[0])
+        if single:
+            return Response({"model_version": version, **_result_json(results[0])})
+        named = [{"filename": u.name, **_result_json(r)} for u, r in zip(uploads, results, strict=True)]
+        return Response({"model_version": version, "results": named})
+
+
+def _top_k(raw: Any) -> int | None:
+    if raw in (None, ""):
+        return 5
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if 1 <= value <= 100 else None
+
+
+def _rejected(uploads: list[UploadedFile], images: list[bytes]) -> Response:
+    """Name the first image that failed, and why; SVG gets 415."""
+    for upload, data in zip(uploads, images, strict=True):
+        try:
+            decode_image(data, max_pixels=settings.MAX_IMAGE_PIXELS)
+        except VectorImageRejected as exc:
+            return _detail(f"{upload.name}: {exc}.", 415)
+        except ImageRejected as exc:
+            return _detail(f"{upload.name}: not a usable image: {exc}.", 400)
+    return _detail("Not a usable image.", 400)
+
+
+def _detail(message: str, code: int) -> Response:
+    return Response({"detail": message}, status=code)
+
+
+# Built by hand, not by serializers: this is the hot path, and the shape is fixed.
+def _version_json(prediction: Prediction) -> dict[str, Any]:
+    version = prediction.version
+    return {
+        "id": version.pk,
+        "name": version.name,
+        "arch": version.arch,
+        "dataset": version.dataset.name,
+        "sha256": version.sha256,
+        "rejection_threshold": prediction.threshold,
+    }
+
+
+def _result_json(prediction: Prediction) -> dict[str, Any]:
+    return {
+        "label": prediction.label,
+        "unknown": prediction.is_unknown,
+        "predictions": [{"label": s.label, "probability": s.probability} for s in prediction.scores],
+    }

@@ -1,12 +1,47 @@
 from django import forms
 from django.conf import settings
 
+from datasets.models import Dataset
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleImageField(forms.FileField):
+    """One or many files from one input (Django's documented pattern)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        kwargs.setdefault("widget", MultipleFileInput(attrs={"multiple": True, "accept": "image/*"}))
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+
+    def clean(self, data: object, initial: object = None) -> list[object]:
+        single = super().clean
+        files = data if isinstance(data, list | tuple) else [data]
+        return [single(item, initial) for item in files if item] or [single(None, initial)]
+
 
 class PredictForm(forms.Form):
-    image = forms.FileField(help_text="A JPEG, PNG, GIF, BMP, WebP or TIFF image.")
+    images = MultipleImageField(
+        label="Images", help_text="JPEG, PNG, GIF, BMP, WebP or TIFF; pick or drop one or many."
+    )
 
-    def clean_image(self) -> object:
-        upload = self.cleaned_data["image"]
-        if upload.size > settings.PREDICT_MAX_UPLOAD_BYTES:
-            raise forms.ValidationError(f"The file is larger than {settings.PREDICT_MAX_UPLOAD_BYTES // 2**20} MB.")
-        return upload
+    def clean_images(self) -> list[object]:
+        uploads = self.cleaned_data["images"]
+        if len(uploads) > settings.PREDICT_MAX_IMAGES:
+            raise forms.ValidationError(f"Too many images: at most {settings.PREDICT_MAX_IMAGES} at once.")
+        return uploads
+
+
+class CorrectionForm(forms.Form):
+    """ "Wrong?": the right class for an image the model just saw, and the dataset it joins."""
+
+    image_data = forms.CharField(widget=forms.HiddenInput)  # base64 of the image, sent back from the page
+    filename = forms.CharField(max_length=200, widget=forms.HiddenInput)
+    label = forms.CharField(max_length=200, label="Right class")
+    dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), label="Add to dataset")
+
+    def __init__(self, *args: object, datasets: object = None, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        if datasets is not None:
+            self.fields["dataset"].queryset = datasets  # type: ignore[attr-defined]

@@ -1,30 +1,107 @@
-"""The prediction page."""
+"""The prediction page, and "wrong?" corrections that add an image to a dataset."""
 
 import base64
+import binascii
+from dataclasses import dataclass
 
-from django.contrib.auth.decorators import login_required
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
 
-from classification.forms import PredictForm
-from classification.predictor import NoModelAvailable, get_predictor
+from classification.forms import CorrectionForm, PredictForm
+from classification.predictor import NoModelAvailable, Prediction, get_predictor
+from classifier_site.permissions import is_admin
 from classifier_site.uploads import limit_upload
-from datasets.imaging import ImageRejected
+from datasets.imaging import ImageRejected, decode_image
+from datasets.selectors import dataset_list
+from datasets.services import image_add_correction
 from trainer.selectors import model_version_serving
 
+# Images up to this size are shown back and can be sent back as a correction.
+ECHO_MAX_BYTES = 2 * 1024 * 1024
 
-@login_required
-@limit_upload("PREDICT_MAX_UPLOAD_BYTES")
+
+@dataclass
+class PageResult:
+    filename: str
+    prediction: Prediction | None = None
+    error: str = ""
+    data_b64: str = ""  # the image, shown back beside its answer
+
+
 def predict_view(request: HttpRequest) -> HttpResponse:
+    if not (request.user.is_authenticated or settings.PREDICT_ALLOW_ANONYMOUS):
+        return redirect_to_login(request.get_full_path())
+    return _predict_page(request)
+
+
+@limit_upload("PREDICT_MAX_UPLOAD_BYTES")
+def _predict_page(request: HttpRequest) -> HttpResponse:
     form = PredictForm(request.POST or None, request.FILES or None)
-    context: dict[str, object] = {"form": form, "serving": model_version_serving()}
+    results: list[PageResult] = []
     if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data["image"].read()
         try:
-            context["prediction"] = get_predictor().predict(data, top_k=5)
-            # Shown back beside the answer; it was just decoded, so it is a real image.
-            context["preview"] = base64.b64encode(data).decode() if len(data) < 2**20 else None
-        except (ImageRejected, NoModelAvailable) as exc:
-            form.add_error("image" if isinstance(exc, ImageRejected) else None, str(exc))
-    status = 400 if form.errors else 200
-    return render(request, "classification/predict.html", context, status=status)
+            results = _classify([(f.name, f.read()) for f in form.cleaned_data["images"]])
+        except NoModelAvailable as exc:
+            form.add_error(None, str(exc))
+    admin = is_admin(request.user)
+    context = {
+        "form": form,
+        "serving": model_version_serving(),
+        "results": results,
+        "datasets": dataset_list(user=request.user) if admin else [],
+        "can_correct": admin,
+        "max_images": settings.PREDICT_MAX_IMAGES,
+    }
+    failed = form.errors or (results and all(r.error for r in results))
+    return render(request, "classification/predict.html", context, status=400 if failed else 200)
+
+
+def _classify(files: list[tuple[str, bytes]]) -> list[PageResult]:
+    """Answers for the good images in one batch; a reason for each bad one."""
+    results = [PageResult(filename=name) for name, _ in files]
+    good: list[tuple[PageResult, bytes]] = []
+    for result, (_, data) in zip(results, files, strict=True):
+        try:
+            decode_image(data, max_pixels=settings.MAX_IMAGE_PIXELS)
+        except ImageRejected as exc:
+            result.error = f"Not a usable image: {exc}."
+            continue
+        good.append((result, data))
+        if len(data) <= ECHO_MAX_BYTES:
+            result.data_b64 = base64.b64encode(data).decode()
+    if good:
+        predictions = get_predictor().predict_many([data for _, data in good], top_k=5)
+        for (result, _), prediction in zip(good, predictions, strict=True):
+            result.prediction = prediction
+    return results
+
+
+@staff_member_required
+@require_POST
+def correction_view(request: HttpRequest) -> HttpResponse:
+    """Adds the image the user says the model got wrong to a dataset, with the right class."""
+    form = CorrectionForm(request.POST, datasets=dataset_list(user=request.user))
+    if not form.is_valid():
+        errors = "; ".join(f"{field}: {' '.join(map(str, e))}" for field, e in form.errors.items())
+        messages.error(request, f"Correction not saved: {errors}")
+        return redirect("classification:predict")
+    try:
+        data = base64.b64decode(form.cleaned_data["image_data"], validate=True)
+        if len(data) > ECHO_MAX_BYTES:
+            raise ValueError(f"the image is larger than {ECHO_MAX_BYTES // 2**20} MB")
+        added = image_add_correction(
+            dataset=form.cleaned_data["dataset"],
+            filename=form.cleaned_data["filename"],
+            data=data,
+            label_name=form.cleaned_data["label"],
+        )
+    except (binascii.Error, ValueError) as exc:  # ImageRejected and bad class names are ValueErrors
+        messages.error(request, f"Correction not saved: {exc}")
+        return redirect("classification:predict")
+    messages.success(request, added)
+    return redirect("classification:predict")

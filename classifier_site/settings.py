@@ -160,7 +160,25 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=20 
 FILE_UPLOAD_MAX_MEMORY_SIZE = env.int("FILE_UPLOAD_MAX_MEMORY_SIZE", default=5 * 1024 * 1024)
 # Largest single image the site decodes (pixels); larger ones are decompression bombs.
 MAX_IMAGE_PIXELS = env.int("MAX_IMAGE_PIXELS", default=40_000_000)
-PREDICT_MAX_UPLOAD_BYTES = env.int("PREDICT_MAX_UPLOAD_BYTES", default=10 * 1024 * 1024)
+PREDICT_MAX_UPLOAD_BYTES = env.int("PREDICT_MAX_UPLOAD_BYTES", default=10 * 1024 * 1024)  # per request
+
+# --- Serving ---------------------------------------------------------------------------
+
+# Images one prediction request may carry (API and page); more get 413.
+PREDICT_MAX_IMAGES = env.int("PREDICT_MAX_IMAGES", default=16)
+# Let anonymous clients call the predict API and page (throttled per IP address).
+PREDICT_ALLOW_ANONYMOUS = env.bool("PREDICT_ALLOW_ANONYMOUS", default=False)
+# DRF throttle rates of the predict API: per user, and per IP address for anonymous clients.
+PREDICT_THROTTLE_RATE = env.str("PREDICT_THROTTLE_RATE", default="1200/min")
+PREDICT_ANON_THROTTLE_RATE = env.str("PREDICT_ANON_THROTTLE_RATE", default="60/min")
+# How often (seconds) a serving process checks which version is promoted.
+PREDICT_RELOAD_SECONDS = env.float("PREDICT_RELOAD_SECONDS", default=1.0)
+# TensorFlow threads per serving process (0: TensorFlow's default, all cores). With
+# several gunicorn workers on few cores, 1 avoids them fighting over the cores.
+PREDICT_TF_THREADS = env.int("PREDICT_TF_THREADS", default=0)
+# Refuse to promote a version whose macro-F1 is below the promoted one's (same
+# dataset) unless the admin forces it.
+PROMOTION_GATE = env.bool("PROMOTION_GATE", default=True)
 # Threads that decode, hash and store images during an import.
 IMPORT_THREADS = env.int("IMPORT_THREADS", default=min(4, os.cpu_count() or 1))
 # Largest dataset upload (an archive or a batch of files); larger requests get 413.
@@ -222,6 +240,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Several models have a "status": name each choice set after its model.
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "trainer.models.JobStatus",
+        "ExportStatusEnum": "trainer.models.ExportStatus",
+    },
 }
 
 # --- Celery -----------------------------------------------------------------------------

@@ -24,6 +24,14 @@ class ImageRejected(ValueError):
     """The bytes are not an image the site accepts; the message says why, for people."""
 
 
+class VectorImageRejected(ImageRejected):
+    """An SVG: a document that can carry scripts and links, not pixels (HTTP 415)."""
+
+
+# An XML declaration, comments and a doctype may come before the root element.
+_SVG = re.compile(rb"^\s*(?:<\?xml[^>]*>\s*)?(?:<!--.*?-->\s*|<!DOCTYPE[^>]*>\s*)*<svg[\s>/]", re.I | re.S)
+
+
 @dataclass(frozen=True)
 class DecodedImage:
     image: Image.Image  # RGB, upright
@@ -40,6 +48,8 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Decode
     """Decode `data` once, refusing non-images, unknown formats and decompression bombs."""
     if not data:
         raise ImageRejected("empty file")
+    if _SVG.match(data[:4096].lstrip(b"\xef\xbb\xbf")):
+        raise VectorImageRejected("SVG is not supported: send a PNG, JPEG, GIF, BMP, WebP or TIFF image")
     img: Image.Image | None = None
     try:
         img = Image.open(io.BytesIO(data))

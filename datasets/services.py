@@ -283,6 +283,23 @@ def images_add(*, dataset: Dataset, items: Iterable[tuple[str, bytes, str | None
     return _write(dataset, entries, progress=None)
 
 
+def image_add_correction(*, dataset: Dataset, filename: str, data: bytes, label_name: str) -> str:
+    """Add an image a user says the model got wrong, with the class they chose (made
+    if the dataset lacks it), so the next training run learns it. The image is
+    decoded and checked like any import; returns what happened, for people."""
+    label_name = clean_label_name(label_name)
+    decode_image(data, max_pixels=settings.MAX_IMAGE_PIXELS)  # a clear error before anything is written
+    report = images_add(dataset=dataset, items=[(filename, data, label_name)])
+    if report.imported:
+        return f"Added {filename} to {dataset.name} as {label_name}."
+    existing = Image.objects.filter(dataset=dataset, sha256=hashlib.sha256(data).hexdigest()).first()
+    if existing is not None:
+        image_relabel(image=existing, label_name=label_name)
+        return f"{filename} was already in {dataset.name}; it is now labelled {label_name}."
+    reasons = "; ".join(reason for _, reason in report.skipped) or "skipped"
+    raise ValueError(f"{filename} was not added: {reasons}")
+
+
 def _write(dataset: Dataset, entries: Iterator[Entry], progress: Callable[[int], None] | None) -> ImportReport:
     writer = _ImageWriter(dataset)
     try:

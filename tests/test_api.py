@@ -42,9 +42,9 @@ def test_predict_requires_authentication(api, trained_version):
 @pytest.mark.parametrize(
     ("data", "status", "message"),
     [
-        (colour_image("red", seed=1, size=64)[:300], 400, "Not a usable image: corrupt or truncated PNG file."),
-        (b"plain text", 400, "Not a usable image: not an image."),
-        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", 400, "not an image"),
+        (colour_image("red", seed=1, size=64)[:300], 400, "not a usable image: corrupt or truncated PNG file."),
+        (b"plain text", 400, "photo.jpg: not a usable image: not an image."),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", 415, "photo.jpg: SVG is not supported"),
         (encode(__import__("numpy").zeros((8000, 8000), "uint8")), 400, "exceeds 40 megapixels"),
     ],
 )
@@ -59,7 +59,7 @@ def test_predict_bad_images_get_400_json(api, member, trained_version, data, sta
 def test_predict_missing_file_and_too_large(api, member, trained_version, settings):
     api.force_authenticate(member)
     response = api.post("/api/v1/predict/", {}, format="multipart")
-    assert response.status_code == 400 and "image" in response.json()
+    assert response.status_code == 400 and '"image"' in response.json()["detail"]
     settings.PREDICT_MAX_UPLOAD_BYTES = 100
     response = _predict(api, colour_image("red", seed=1, size=64))
     assert response.status_code == 413 and "larger than" in response.json()["detail"]
@@ -70,7 +70,7 @@ def test_predict_without_any_model_is_503(api, member):
     api.force_authenticate(member)
     response = _predict(api, colour_image("red", seed=1))
     assert response.status_code == 503
-    assert response.json()["detail"] == "No trained model yet: train one first."
+    assert response.json()["detail"] == "No model is being served yet: train one, then promote it."
 
 
 @pytest.mark.django_db

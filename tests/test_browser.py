@@ -76,12 +76,18 @@ def test_demo_walkthrough(live_server, celery_worker_process, demo_seven, browse
     page.screenshot(path=str(tmp_path / "job.png"), full_page=True)
 
     page.click("text=Classify an image")
-    page.set_input_files("input[name=image]", str(demo_seven))
+    page.set_input_files("input[name=images]", str(demo_seven))
+    page.locator("#previews img").wait_for()  # the chosen image shows before it is sent
     page.click("button:has-text('Classify')")
-    rows = page.locator("#prediction tbody tr")
+    rows = page.locator("#result-1 .scores tbody tr")
     assert rows.count() == 5
     assert rows.first.locator(".label").inner_text() == "7"
     page.screenshot(path=str(tmp_path / "predict.png"), full_page=True)
+    # "Wrong?" sends the image to a dataset under the class the user picks.
+    page.click("#result-1 summary:has-text('Wrong?')")
+    page.fill("#result-1 input[name=label]", "seven (reviewed)")
+    page.click("#result-1 button:has-text('Add to dataset')")
+    assert "now labelled seven (reviewed)" in page.inner_text(".messages")  # the demo image is already there
     if shots := os.environ.get("SCREENSHOT_DIR"):
         for name in ("job.png", "predict.png"):
             shutil.copy(tmp_path / name, Path(shots) / name)

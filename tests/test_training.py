@@ -107,13 +107,15 @@ def test_missing_image_files_are_skipped_and_reported(colour_dataset):
 
 
 @pytest.mark.django_db
-def test_serving_version_is_newest_until_one_is_promoted(colour_dataset):
+def test_the_first_version_serves_until_another_is_promoted(colour_dataset):
     first = train_now(colour_dataset, epochs=1)
     second = train_now(colour_dataset, epochs=1)
-    assert model_version_serving() == second
-    model_version_promote(version=first)
     assert model_version_serving() == first
-    model_version_promote(version=second)
+    model_version_promote(version=second, force=True)
+    assert model_version_serving() == second
+    model_version_promote(version=first, force=True)
+    assert model_version_serving() == first
+    model_version_promote(version=second, force=True)
     assert list(ModelVersion.objects.filter(is_promoted=True)) == [second]
     with pytest.raises(IntegrityError):  # the database refuses a second promoted row
         ModelVersion.objects.filter(pk=first.pk).update(is_promoted=True)

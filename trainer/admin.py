@@ -3,7 +3,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from trainer.models import ModelVersion, TrainingJob
-from trainer.services import model_version_promote
+from trainer.services import PromotionRefused, model_version_promote
 
 
 @admin.register(TrainingJob)
@@ -15,9 +15,11 @@ class TrainingJobAdmin(admin.ModelAdmin):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ["id", "dataset", "arch", "is_promoted", "created_at"]
+    list_display = ["id", "dataset", "arch", "is_promoted", "rejection_threshold", "created_at"]
     list_filter = ["dataset", "is_promoted"]
-    readonly_fields = ["job", "file", "sha256", "classes", "metrics", "is_promoted"]
+    # Versions are immutable: only the rejection threshold may change after training.
+    readonly_fields = ["job", "dataset", "file", "sha256", "file_size", "arch", "image_size", "classes",
+                       "snapshot_hash", "metrics", "is_promoted", "promoted_at"]  # fmt: skip
     actions = ["promote"]
 
     @admin.action(description="Promote (serve this version)")
@@ -25,5 +27,9 @@ class ModelVersionAdmin(admin.ModelAdmin):
         if queryset.count() != 1:
             self.message_user(request, "Select exactly one version to promote.", messages.ERROR)
             return
-        version = model_version_promote(version=queryset.get())
+        try:
+            version = model_version_promote(version=queryset.get(), user=request.user)  # type: ignore[arg-type]
+        except PromotionRefused as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
         self.message_user(request, f"{version.name} is now served.")

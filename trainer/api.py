@@ -11,13 +11,17 @@ from rest_framework.response import Response
 
 from classifier_site.permissions import admin_user
 from datasets.models import Dataset
+from trainer.export_api import ModelExportActions
 from trainer.ml.config import ARCHITECTURES, ConfigError, TrainConfig
 from trainer.models import Evaluation, ModelVersion, TrainingJob
 from trainer.report_views import CHARTS, chart_response, predictions_csv_response
 from trainer.selectors import evaluation_list, job_list, model_version_list
 from trainer.services import (
+    PromotionRefused,
     TrainingRefused,
     model_version_promote,
+    model_version_rollback,
+    model_version_set_threshold,
     training_job_cancel,
     training_job_repeat,
     training_job_start,
@@ -98,14 +102,27 @@ class TrainingJobViewSet(
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
+    macro_f1 = serializers.FloatField(read_only=True, allow_null=True)
+
     class Meta:
         model = ModelVersion
-        fields = ["id", "name", "job", "dataset", "arch", "image_size", "classes", "metrics", "sha256",
-                  "is_promoted", "created_at"]  # fmt: skip
+        fields = ["id", "name", "job", "dataset", "arch", "image_size", "classes", "metrics", "macro_f1", "sha256",
+                  "file_size", "snapshot_hash", "rejection_threshold", "is_promoted", "promoted_at",
+                  "created_at"]  # fmt: skip
         read_only_fields = fields
 
 
-class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
+class PromoteSerializer(serializers.Serializer):
+    force = serializers.BooleanField(default=False, help_text="Promote even if the macro-F1 gate refuses.")
+
+
+class ThresholdSerializer(serializers.Serializer):
+    rejection_threshold = serializers.FloatField(
+        min_value=0.0, max_value=1.0, help_text='Top probability below which predictions answer "unknown"; 0: never.'
+    )
+
+
+class ModelVersionViewSet(ModelExportActions, viewsets.ReadOnlyModelViewSet):
     serializer_class = ModelVersionSerializer
     permission_classes = [permissions.IsAdminUser]
     filterset_fields = ["dataset", "is_promoted"]
@@ -113,10 +130,37 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
     def get_queryset(self):  # type: ignore[no-untyped-def]
         return model_version_list(user=self.request.user)
 
-    @extend_schema(request=None)
+    @extend_schema(request=PromoteSerializer, responses={200: ModelVersionSerializer, 409: None})
     @action(detail=True, methods=["post"])
     def promote(self, request: Request, pk: str | None = None) -> Response:
-        version = model_version_promote(version=self.get_object())
+        incoming = PromoteSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        try:
+            version = model_version_promote(
+                version=self.get_object(), user=request.user, force=incoming.validated_data["force"]
+            )
+        except PromotionRefused as exc:
+            return Response({"detail": str(exc)}, status.HTTP_409_CONFLICT)
+        return Response(self.get_serializer(version).data)
+
+    @extend_schema(request=None, responses={200: ModelVersionSerializer, 409: None})
+    @action(detail=True, methods=["post"])
+    def rollback(self, request: Request, pk: str | None = None) -> Response:
+        """Serve again the version that served before this one was promoted."""
+        try:
+            version = model_version_rollback(version=self.get_object(), user=request.user)
+        except PromotionRefused as exc:
+            return Response({"detail": str(exc)}, status.HTTP_409_CONFLICT)
+        return Response(self.get_serializer(version).data)
+
+    @extend_schema(request=ThresholdSerializer, responses={200: ModelVersionSerializer})
+    @action(detail=True, methods=["post"])
+    def threshold(self, request: Request, pk: str | None = None) -> Response:
+        incoming = ThresholdSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        version = model_version_set_threshold(
+            version=self.get_object(), threshold=incoming.validated_data["rejection_threshold"]
+        )
         return Response(self.get_serializer(version).data)
 
 

@@ -1,6 +1,14 @@
 """The model registry pages, under /models/."""
 
-from django.urls import URLPattern
+from django.urls import path
+
+from trainer import model_views
 
 app_name = "models"
-urlpatterns: list[URLPattern] = []
+urlpatterns = [
+    path("", model_views.model_list_view, name="list"),
+    path("<int:pk>/", model_views.model_detail_view, name="detail"),
+    path("<int:pk>/promote", model_views.model_promote_view, name="promote"),
+    path("<int:pk>/rollback", model_views.model_rollback_view, name="rollback"),
+    path("<int:pk>/threshold", model_views.model_threshold_view, name="threshold"),
+]

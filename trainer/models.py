@@ -1,8 +1,11 @@
 """Training jobs and the model versions they produce."""
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from datasets.models import Dataset
 from trainer.ml.config import TrainConfig
@@ -90,7 +93,6 @@ class ModelVersion(models.Model):
     # validation split when training ends (metrics["rejection"]); admins may change it.
     rejection_threshold = models.FloatField(default=0.0)
     is_promoted = models.BooleanField(default=False)
-    # Kept after demotion: "roll back" promotes the version promoted before the current one.
     promoted_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -119,6 +121,25 @@ class ModelVersion(models.Model):
         return float(value) if value is not None else None
 
 
+class Promotion(models.Model):
+    """One change of the served version: the registry's history, and what a
+    rollback follows back."""
+
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="promotions")
+    # What served before; null for the site's first model.
+    previous = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    forced = models.BooleanField(default=False)  # past the macro-F1 gate
+    rollback = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{'rollback to' if self.rollback else 'promotion of'} v{self.model_version_id}"
+
+
 class ExportFormat(models.TextChoices):
     KERAS = "keras", "Keras (.keras)"
     SAVEDMODEL = "savedmodel", "TensorFlow SavedModel (.zip)"
@@ -133,6 +154,10 @@ class ExportStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+# Conversions take seconds to a minute; one running this long lost its worker.
+EXPORT_STALE = timedelta(minutes=15)
+
+
 class ModelExport(models.Model):
     """A model version converted for another runtime, made once by a worker and kept."""
 
@@ -144,6 +169,7 @@ class ModelExport(models.Model):
     file_size = models.PositiveBigIntegerField(default=0)
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -152,6 +178,12 @@ class ModelExport(models.Model):
 
     def __str__(self) -> str:
         return f"{self.format} export of {self.model_version}"
+
+    @property
+    def is_stale(self) -> bool:
+        """Running for longer than any conversion takes: its worker died. It may be asked for again."""
+        started = self.started_at
+        return self.status == ExportStatus.RUNNING and started is not None and timezone.now() - started > EXPORT_STALE
 
 
 class Evaluation(models.Model):

@@ -1,12 +1,24 @@
 """Reads of jobs and model versions, always on behalf of a user."""
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import F, QuerySet, Window
 from django.db.models.functions import RowNumber
 from django.http import Http404
 
 from classifier_site.permissions import is_admin
-from trainer.models import Evaluation, JobStatus, ModelVersion, Prediction, TrainingJob
+from trainer.models import (
+    Evaluation,
+    ExportFormat,
+    ExportStatus,
+    ModelExport,
+    ModelVersion,
+    Prediction,
+    Promotion,
+    TrainingJob,
+)
 
 
 def job_list(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[TrainingJob]:
@@ -54,17 +66,22 @@ def model_version_serving() -> ModelVersion | None:
     return ModelVersion.objects.select_related("dataset").filter(is_promoted=True).first()
 
 
-def model_version_promoted_id() -> tuple[int, str] | None:
-    """(id, sha256) of the promoted version: the predictor's cheap once-a-second check."""
-    return ModelVersion.objects.filter(is_promoted=True).values_list("pk", "sha256").first()
+def model_version_promoted_key() -> tuple[int, str, float] | None:
+    """(id, sha256, rejection threshold) of the promoted version: the predictor's
+    cheap once-a-second check."""
+    return ModelVersion.objects.filter(is_promoted=True).values_list("pk", "sha256", "rejection_threshold").first()
 
 
 def model_version_previous(*, current: ModelVersion) -> ModelVersion | None:
-    """The version promoted before `current`: where a rollback goes."""
-    earlier = ModelVersion.objects.exclude(pk=current.pk).filter(promoted_at__isnull=False)
-    if current.promoted_at is not None:
-        earlier = earlier.filter(promoted_at__lt=current.promoted_at)
-    return earlier.order_by("-promoted_at", "-id").first()
+    """What served before `current` was last promoted forward: where a rollback goes."""
+    last = Promotion.objects.filter(model_version=current, rollback=False).select_related("previous").first()
+    return last.previous if last else None
+
+
+def promotion_history(*, user: AbstractBaseUser | AnonymousUser, limit: int = 20) -> list[Promotion]:
+    if not is_admin(user):
+        return []
+    return list(Promotion.objects.select_related("model_version", "previous", "user")[:limit])
 
 
 def evaluation_list(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Evaluation]:
@@ -115,3 +132,52 @@ def prediction_get(*, evaluation: Evaluation, pk: int) -> Prediction:
         return evaluation.predictions.select_related("image").get(pk=pk)
     except Prediction.DoesNotExist:
         raise Http404("No such prediction.") from None
+
+
+# --- model exports ------------------------------------------------------------------
+
+
+def model_export_list(*, user: AbstractBaseUser | AnonymousUser, version: ModelVersion) -> QuerySet[ModelExport]:
+    if not is_admin(user):
+        return ModelExport.objects.none()
+    return ModelExport.objects.filter(model_version=version).select_related("model_version")
+
+
+def model_export_ready(*, user: AbstractBaseUser | AnonymousUser, version: ModelVersion, format: str) -> ModelExport:
+    """A finished export, to download; 404 until it is ready."""
+    export = model_export_list(user=user, version=version).filter(format=format, status=ExportStatus.SUCCEEDED).first()
+    if export is None:
+        raise Http404(f"No finished {format} export of model version {version.pk}.")
+    return export
+
+
+@dataclass(frozen=True)
+class ExportRow:
+    format: ExportFormat
+    export: ModelExport | None  # None: never asked for
+
+    @property
+    def is_busy(self) -> bool:
+        busy = (ExportStatus.QUEUED, ExportStatus.RUNNING)
+        return self.export is not None and self.export.status in busy and not self.export.is_stale
+
+
+@dataclass(frozen=True)
+class ExportTable:
+    """Every format of one version, asked for or not: the model page's export table."""
+
+    version: ModelVersion
+    rows: list[ExportRow]
+
+    def __iter__(self) -> Iterator[ExportRow]:
+        return iter(self.rows)
+
+    @property
+    def is_busy(self) -> bool:
+        """A conversion is queued or running: the page polls until it ends."""
+        return any(row.is_busy for row in self.rows)
+
+
+def model_export_table(*, user: AbstractBaseUser | AnonymousUser, version: ModelVersion) -> ExportTable:
+    by_format = {export.format: export for export in model_export_list(user=user, version=version)}
+    return ExportTable(version, [ExportRow(fmt, by_format.get(fmt)) for fmt in ExportFormat])

@@ -2,6 +2,7 @@
 job: every status change is a compare-and-set on the row, so a duplicate task
 delivery or a late cancel can never move a job backwards."""
 
+import contextlib
 import importlib.metadata
 import logging
 import platform
@@ -9,6 +10,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -19,7 +21,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files import File
 from django.core.files.storage import default_storage
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, IntegrityError, OperationalError, connections, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
@@ -28,7 +30,7 @@ from datasets.models import Dataset, Split
 from datasets.selectors import dataset_snapshot
 from trainer.ml.config import ConfigError, TrainConfig
 from trainer.ml.files import sha256_file
-from trainer.models import JobStatus, ModelVersion, TrainingJob
+from trainer.models import JobStatus, ModelVersion, Promotion, TrainingJob
 
 logger = logging.getLogger(__name__)
 
@@ -340,32 +342,118 @@ def training_jobs_reap(*, now: datetime | None = None) -> Reaped:
     return reaped
 
 
+class PromotionRefused(Exception):
+    """The promotion gate said no; the message says why and how to force it."""
+
+
 def model_version_create(
     *, job: TrainingJob, model_dir: Path, metrics: dict[str, Any], config: TrainConfig
 ) -> ModelVersion:
-    """Store a finished job's model file and record it; the row names its SHA-256."""
+    """Store a finished job's model file and record it; the row names its SHA-256.
+
+    The storage writes the file under a temporary name, fsyncs it and renames it
+    into place (classifier_site.storage), so the row only ever points at a whole
+    file. The first version of the site is promoted at once: a fresh install serves
+    its first model without a trip to the registry.
+    """
     from trainer.ml.train import MODEL_FILE
 
     path = model_dir / MODEL_FILE
     sha = sha256_file(path)
     with path.open("rb") as fh:
         name = default_storage.save(f"models/job-{job.pk}/{sha[:16]}.keras", File(fh))
-    return ModelVersion.objects.create(
+    version = ModelVersion.objects.create(
         job=job,
         dataset=job.dataset,
         file=name,
         sha256=sha,
+        file_size=path.stat().st_size,
         arch=config.arch,
         image_size=config.image_size,
         classes=job.snapshot["classes"],
+        snapshot_hash=job.snapshot_hash or str(job.snapshot.get("hash", "")),
         metrics=metrics,
+        rejection_threshold=float((metrics.get("rejection") or {}).get("threshold") or 0.0),
+    )
+    _promote_first(version.pk)
+    return version
+
+
+def _promote_first(version_id: int) -> None:
+    # In a savepoint: if another version got there first, the unique constraint
+    # refuses this one, it stays unpromoted, and the caller's transaction goes on.
+    with contextlib.suppress(IntegrityError), transaction.atomic():
+        if ModelVersion.objects.filter(is_promoted=True).exists():
+            return
+        ModelVersion.objects.filter(pk=version_id).update(is_promoted=True, promoted_at=timezone.now())
+        Promotion.objects.create(model_version_id=version_id)
+
+
+def promotion_gate_reason(*, version: ModelVersion) -> str | None:
+    """Why the gate refuses `version`, or None: its macro-F1 is below the promoted
+    version's on the same dataset. Versions of other datasets are not comparable."""
+    current = ModelVersion.objects.filter(is_promoted=True).exclude(pk=version.pk).first()
+    if current is None or current.dataset_id != version.dataset_id:
+        return None
+    new, old = version.macro_f1, current.macro_f1
+    if new is None or old is None or new >= old:
+        return None
+    return (
+        f"v{version.pk} has macro-F1 {new:.3f}, below the promoted v{current.pk} ({old:.3f}); "
+        "promote with force to override."
     )
 
 
-def model_version_promote(*, version: ModelVersion) -> ModelVersion:
-    """Make `version` the one served; the unique constraint keeps exactly one promoted."""
+def model_version_promote(
+    *, version: ModelVersion, user: User | None = None, force: bool = False, rollback: bool = False
+) -> ModelVersion:
+    """Make `version` the one served. The partial unique constraint keeps exactly one
+    promoted row; two promotions racing each other are retried, so the last to
+    commit wins and neither fails. With PROMOTION_GATE on, a version whose macro-F1
+    is below the promoted one's is refused unless forced."""
+    gated = settings.PROMOTION_GATE and not force and not rollback
+    if gated and (reason := promotion_gate_reason(version=version)):
+        raise PromotionRefused(reason)
+    for attempt in range(10):
+        try:
+            _set_promoted(version.pk, user=user, forced=force, rollback=rollback)
+            break
+        except (IntegrityError, OperationalError):  # a concurrent promotion committed in between
+            if attempt == 9:
+                raise
+            time.sleep(0.01 * (attempt + 1))
+    logger.info("%s model version %s", "rolled back to" if rollback else "promoted", version.pk)
+    version.refresh_from_db()
+    return version
+
+
+def _set_promoted(version_id: int, *, user: User | None, forced: bool, rollback: bool) -> None:
     with transaction.atomic():
-        ModelVersion.objects.filter(is_promoted=True).exclude(pk=version.pk).update(is_promoted=False)
-        ModelVersion.objects.filter(pk=version.pk).update(is_promoted=True)
+        previous = ModelVersion.objects.filter(is_promoted=True).values_list("pk", flat=True).first()
+        if previous == version_id:
+            return
+        ModelVersion.objects.filter(is_promoted=True).update(is_promoted=False)
+        ModelVersion.objects.filter(pk=version_id).update(is_promoted=True, promoted_at=timezone.now())
+        Promotion.objects.create(
+            model_version_id=version_id, previous_id=previous, user=user, forced=forced, rollback=rollback
+        )
+
+
+def model_version_rollback(*, version: ModelVersion, user: User | None = None) -> ModelVersion:
+    """Serve again what served before `version` was last promoted forward. Rollbacks
+    are not followed, so rolling back twice goes two steps back, not forth."""
+    from trainer.selectors import model_version_previous
+
+    previous = model_version_previous(current=version)
+    if previous is None:
+        raise PromotionRefused(f"Nothing served before v{version.pk}: there is no version to roll back to.")
+    return model_version_promote(version=previous, user=user, rollback=True)
+
+
+def model_version_set_threshold(*, version: ModelVersion, threshold: float) -> ModelVersion:
+    """Change the confidence below which the version answers "unknown" (0 turns it off)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError("The threshold is a probability, between 0 and 1.")
+    ModelVersion.objects.filter(pk=version.pk).update(rejection_threshold=threshold)
     version.refresh_from_db()
     return version

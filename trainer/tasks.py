@@ -4,6 +4,7 @@ import logging
 
 from celery import shared_task
 
+from trainer.exports import model_export_run
 from trainer.services import training_job_run, training_jobs_reap
 
 logger = logging.getLogger(__name__)
@@ -12,6 +13,13 @@ logger = logging.getLogger(__name__)
 @shared_task(name="trainer.tasks.train_job")
 def train_job(job_id: int) -> None:
     training_job_run(job_id=job_id)
+
+
+# Not routed to `gpu` (CELERY_TASK_ROUTES), so it goes to `default`: converting a
+# trained model takes seconds on a CPU and must not wait behind hours of training.
+@shared_task(name="trainer.tasks.export_model")
+def export_model(export_id: int) -> None:
+    model_export_run(export_id=export_id)
 
 
 @shared_task(name="trainer.tasks.reap_stale_jobs", ignore_result=True)

@@ -66,5 +66,30 @@ def expected_calibration_error(bins: list[dict], total: int) -> float:
     return float(sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"]))
 
 
+def rejection_threshold(y_true: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
+    """The confidence below which the model is more often wrong than right, chosen
+    on a held-out split: answering "unknown" there turns more wrong answers away
+    than right ones. It maximises (right - wrong) over the answers kept; the
+    coverage and accuracy it gives on that split are returned beside it."""
+    if len(y_true) == 0:
+        return {"threshold": 0.0, "coverage": 1.0, "accuracy": None, "count": 0}
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == y_true
+    order = np.argsort(-confidence, kind="stable")
+    gain = np.cumsum(np.where(correct[order], 1, -1))  # keeping the k most confident answers
+    kept = int(np.argmax(gain)) + 1
+    # Ties in confidence keep or drop together, so the threshold is the lowest kept value.
+    # A model wrong more often than right at every level gets no threshold: turning
+    # away every answer would help no one.
+    threshold = float(confidence[order][kept - 1]) if kept < len(y_true) and gain[kept - 1] > 0 else 0.0
+    accepted = confidence >= threshold
+    return {
+        "threshold": threshold,
+        "coverage": float(accepted.mean()),
+        "accuracy": float(correct[accepted].mean()) if accepted.any() else None,
+        "count": len(y_true),
+    }
+
+
 def _rounded(row: dict[str, float]) -> dict[str, float]:
     return {key: (int(value) if key == "support" else float(value)) for key, value in row.items()}

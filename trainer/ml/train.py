@@ -20,7 +20,7 @@ import tensorflow as tf
 from trainer.ml.architectures import PixelStats, backbone, build_model, with_flip_tta
 from trainer.ml.config import TrainConfig
 from trainer.ml.layers import OneCycle
-from trainer.ml.metrics import SUMMARY_METRICS, report
+from trainer.ml.metrics import SUMMARY_METRICS, rejection_threshold, report
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +133,8 @@ def _train(
         plain = report(evaluated_split.y, predict(model, evaluated_split, num_classes, batch_size), data.classes)
         metrics["without_tta"] = {key: plain.get(key) for key in SUMMARY_METRICS}
     metrics["evaluated_on"] = "test" if len(data.test) else "val"
+    if len(data.val):  # chosen on val, never on the split the report is about (unless it is val)
+        metrics["rejection"] = rejection_threshold(data.val.y, predict(served, data.val, num_classes, batch_size))
     out_dir.mkdir(parents=True, exist_ok=True)
     served.save(out_dir / MODEL_FILE)
     run = {"config": config.to_dict(), "classes": data.classes, "metrics": metrics, "history": history}

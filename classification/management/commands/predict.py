@@ -9,7 +9,7 @@ from datasets.imaging import ImageRejected
 
 
 class Command(BaseCommand):
-    help = "Classify image files with the serving model version."
+    help = "Classify image files with the promoted model version."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("images", nargs="+", help="image files")
@@ -35,11 +35,18 @@ class Command(BaseCommand):
         except NoModelAvailable as exc:
             raise CommandError(str(exc)) from exc
         scores = [{"label": s.label, "probability": round(s.probability, 6)} for s in prediction.scores]
-        return {"image": str(path), "model_version": prediction.version.pk, "predictions": scores}
+        return {
+            "image": str(path),
+            "model_version": prediction.version.pk,
+            "label": prediction.label,  # "unknown" below the version's rejection threshold
+            "unknown": prediction.is_unknown,
+            "predictions": scores,
+        }
 
 
 def _text(result: dict[str, Any]) -> str:
     if "error" in result:
         return f"{result['image']}: ERROR {result['error']}"
     best = ", ".join(f"{s['label']} {s['probability']:.1%}" for s in result["predictions"])
-    return f"{result['image']}: {best} (model v{result['model_version']})"
+    verdict = "unknown: " if result["unknown"] else ""
+    return f"{result['image']}: {verdict}{best} (model v{result['model_version']})"

@@ -1,0 +1,86 @@
+"""The model registry (admins): every version, promotion and rollback, the
+rejection threshold, and the way to each version's exports and report."""
+
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from classifier_site.permissions import admin_user
+from trainer.selectors import (
+    evaluation_list,
+    model_version_get,
+    model_version_list,
+    model_version_previous,
+    promotion_history,
+)
+from trainer.services import (
+    PromotionRefused,
+    model_version_promote,
+    model_version_rollback,
+    model_version_set_threshold,
+    promotion_gate_reason,
+)
+
+
+@staff_member_required
+def model_list_view(request: HttpRequest) -> HttpResponse:
+    versions = model_version_list(user=request.user).order_by("-created_at", "-id")
+    page = Paginator(versions, 25).get_page(request.GET.get("page"))
+    history = promotion_history(user=request.user)
+    return render(request, "trainer/model_list.html", {"page": page, "history": history})
+
+
+@staff_member_required
+def model_detail_view(request: HttpRequest, pk: int) -> HttpResponse:
+    version = model_version_get(user=request.user, pk=pk)
+    context = {
+        "version": version,
+        "evaluation": evaluation_list(user=request.user).filter(model_version=version).first(),
+        "rejection": version.metrics.get("rejection") or {},
+        "gate": None if version.is_promoted else promotion_gate_reason(version=version),
+        "previous": model_version_previous(current=version) if version.is_promoted else None,
+    }
+    return render(request, "trainer/model_detail.html", context)
+
+
+@staff_member_required
+@require_POST
+def model_promote_view(request: HttpRequest, pk: int) -> HttpResponse:
+    version = model_version_get(user=request.user, pk=pk)
+    try:
+        model_version_promote(version=version, user=admin_user(request), force=request.POST.get("force") == "1")
+    except PromotionRefused as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"{version.name} is now served; predictors switch within a second.")
+    return redirect("models:detail", pk=pk)
+
+
+@staff_member_required
+@require_POST
+def model_rollback_view(request: HttpRequest, pk: int) -> HttpResponse:
+    version = model_version_get(user=request.user, pk=pk)
+    try:
+        previous = model_version_rollback(version=version, user=admin_user(request))
+    except PromotionRefused as exc:
+        messages.error(request, str(exc))
+        return redirect("models:detail", pk=pk)
+    messages.success(request, f"Rolled back: {previous.name} is served again.")
+    return redirect("models:detail", pk=previous.pk)
+
+
+@staff_member_required
+@require_POST
+def model_threshold_view(request: HttpRequest, pk: int) -> HttpResponse:
+    version = model_version_get(user=request.user, pk=pk)
+    try:
+        threshold = float(request.POST.get("rejection_threshold", ""))
+        model_version_set_threshold(version=version, threshold=threshold)
+    except ValueError:
+        messages.error(request, "The threshold is a probability, between 0 and 1.")
+    else:
+        messages.success(request, f"Predictions below {threshold:.2f} now answer “unknown”.")
+    return redirect("models:detail", pk=pk)
