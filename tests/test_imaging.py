@@ -26,7 +26,8 @@ def test_format_comes_from_bytes_not_name():
     [
         (b"", "empty file"),
         (b"\x00\x01random bytes" * 50, "not an image"),
-        (b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>', "not an image"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>', "SVG is not supported"),
+        (b'\xef\xbb\xbf<?xml version="1.0"?>\n<!-- drawn by hand -->\n<svg width="1"/>', "SVG is not supported"),
     ],
 )
 def test_non_images_are_rejected_with_a_reason(data, reason):

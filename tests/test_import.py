@@ -174,7 +174,7 @@ def test_bad_files_are_skipped_with_reasons_a_person_understands(dataset, tmp_pa
         "red/truncated.jpg": "corrupt or truncated JPEG file",
         "red/random.jpg": "not an image",
         "red/bomb.png": "exceeds 1 megapixels",
-        "red/drawing.svg": "not an image",
+        "red/drawing.svg": "SVG is not supported: send a PNG, JPEG, GIF, BMP, WebP or TIFF image",
         "red/polyglot.png": "PNG file with HTML or script inside (polyglot)",
         "red/inner.zip": "nested archive (extract it and upload its contents)",
     }
