@@ -47,7 +47,7 @@ lint: install-dev
 # The whole suite on the embedded default (SQLite), then on PostgreSQL; Celery
 # integration tests run a real worker against Redis on loopback in both.
 test-sqlite: install-dev
-	env -u DATABASE_URL $(BIN)/python -m pytest $(PYTEST_ARGS)
+	env -u DATABASE_URL CONN_MAX_AGE=0 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-postgres: install-dev
 	# No persistent connections: the live-server threads would keep the test database open.

@@ -166,9 +166,11 @@ def _compile(version: ModelVersion) -> Any:
     import trainer.ml.layers  # noqa: F401  registers the custom layers saved in model files
 
     if not _tf_configured and settings.PREDICT_TF_THREADS:
-        # Only possible before TensorFlow's first op in this process.
-        tf.config.threading.set_intra_op_parallelism_threads(settings.PREDICT_TF_THREADS)
-        tf.config.threading.set_inter_op_parallelism_threads(settings.PREDICT_TF_THREADS)
+        try:  # only possible before TensorFlow's first op in this process
+            tf.config.threading.set_intra_op_parallelism_threads(settings.PREDICT_TF_THREADS)
+            tf.config.threading.set_inter_op_parallelism_threads(settings.PREDICT_TF_THREADS)
+        except RuntimeError as exc:  # TensorFlow ran already here (a test, a shell): keep its threads
+            logger.warning("PREDICT_TF_THREADS not applied: %s", exc)
     _tf_configured = True
     path = local_model_file(version)
     # safe_mode: a model file can never run code of its own (no Lambda layers).
