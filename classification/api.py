@@ -4,10 +4,11 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import caches
 from django.core.files.uploadedfile import UploadedFile
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import permissions, serializers
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -15,6 +16,7 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from classification.predictor import NoModelAvailable, Prediction, get_predictor
+from classifier_site.authentication import CachedTokenAuthentication
 from classifier_site.uploads import too_large
 from datasets.imaging import ImageRejected, VectorImageRejected, decode_image
 
@@ -30,8 +32,8 @@ class PredictThrottle(BaseThrottle):
     """PREDICT_THROTTLE_RATE per user, PREDICT_ANON_THROTTLE_RATE per IP address for
     anonymous clients, read at each request (settings apply without a restart).
 
-    A fixed-window counter in the shared cache: one atomic add-or-increment per
-    request, whatever the rate. DRF's sliding-window throttles keep a timestamp per
+    A fixed-window counter in the "throttle" cache (THROTTLE_CACHE_URL): one
+    add-or-increment per request, whatever the rate. DRF's sliding-window throttles keep a timestamp per
     request and rewrite the whole list each time, which costs milliseconds at the
     rates a prediction API serves. The price: a burst may straddle two windows.
     """
@@ -46,13 +48,14 @@ class PredictThrottle(BaseThrottle):
         now = time.time()
         window = int(now // duration)
         key = throttle_key(self.get_ident(request) if anonymous else request.user.pk, window)
-        if cache.add(key, 1, timeout=duration + 1):
+        counters = caches["throttle"]
+        if counters.add(key, 1, timeout=duration + 1):
             count = 1
         else:
             try:
-                count = cache.incr(key)
+                count = counters.incr(key)
             except ValueError:  # expired between add and incr: a new window
-                cache.add(key, 1, timeout=duration + 1)
+                counters.add(key, 1, timeout=duration + 1)
                 count = 1
         self._wait = (window + 1) * duration - now
         return count <= limit
@@ -133,6 +136,7 @@ def _error(description: str, message: str) -> OpenApiResponse:
 
 class PredictView(APIView):
     parser_classes = [MultiPartParser, FormParser]
+    authentication_classes = [CachedTokenAuthentication, SessionAuthentication]
     permission_classes = [PredictPermission]
     throttle_classes = [PredictThrottle]
 

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from django.core.cache import cache
+from django.core.cache import caches
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
@@ -263,7 +263,7 @@ def _forget_throttle(ident: object, duration: int) -> None:
     from classification.api import throttle_key
 
     window = int(time.time() // duration)
-    cache.delete_many([throttle_key(ident, window), throttle_key(ident, window + 1)])
+    caches["throttle"].delete_many([throttle_key(ident, window), throttle_key(ident, window + 1)])
 
 
 def _post(api: APIClient, seed: int):
