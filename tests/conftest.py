@@ -46,8 +46,10 @@ def _isolated_files(settings: object, tmp_path: Path) -> None:
 def _fresh_predictor(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test starts like a new web process, with no model loaded."""
     from classification import predictor
+    from classifier_site.authentication import CachedTokenAuthentication
 
     monkeypatch.setattr(predictor, "_predictor", predictor.Predictor())
+    CachedTokenAuthentication.forget()
 
 
 @pytest.fixture

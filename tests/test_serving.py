@@ -422,3 +422,21 @@ def test_predict_command_prints_the_answer_per_file(trained_version, tmp_path, c
     first, second = (json.loads(line) for line in capsys.readouterr().out.splitlines())
     assert first["label"] == "green" and first["unknown"] is False and first["model_version"] == trained_version.pk
     assert second["error"] == "not a usable image: not an image"
+
+
+@pytest.mark.django_db
+def test_a_deleted_token_stops_working_within_seconds(api, member, trained_version, monkeypatch):
+    from rest_framework.authtoken.models import Token
+
+    from classifier_site import authentication
+
+    token = Token.objects.create(user=member)
+    api.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert _post(api, 1).status_code == 200
+    token.delete()
+    assert _post(api, 2).status_code == 200  # remembered for a few seconds: no query per request
+    clock = time.monotonic() + authentication.TOKEN_CACHE_SECONDS + 0.1
+    monkeypatch.setattr(authentication.time, "monotonic", lambda: clock)
+    assert _post(api, 3).status_code == 401
+    api.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
+    assert _post(api, 4).status_code == 401
