@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.core.files.storage import default_storage
+from django.db import connection
 
 from datasets.imaging import load_array
 from trainer.ml.files import sha256_file
@@ -70,11 +71,17 @@ class _Loaded:
 
 
 class Predictor:
+    # After its first load a predictor also checks from a thread of its own every
+    # PREDICT_RELOAD_SECONDS, so a process that sat idle answers its next request
+    # with the new version too. (Tests turn it off: they swap predictors per test.)
+    watch = True
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loaded: _Loaded | None = None
         self._checked_at = float("-inf")
         self._loading: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
         self._failed: dict[tuple[int, str], str] = {}  # versions that would not load, and why
 
     def predict(self, data: bytes, *, top_k: int = 5) -> Prediction:
@@ -124,11 +131,29 @@ class Predictor:
                 self._load(version)
                 if self._loaded is None:
                     raise NoModelAvailable(self._failed[(version.pk, version.sha256)])
+                self._start_watching()
                 return
             self._loading = threading.Thread(target=self._load, args=(version,), name="model-reload", daemon=True)
             self._loading.start()
         if wait:
             self.wait_for_reload()
+
+    def _start_watching(self) -> None:
+        if self.watch and self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="model-watch", daemon=True)
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        while get_predictor() is self:
+            time.sleep(max(settings.PREDICT_RELOAD_SECONDS, 0.1))
+            if time.monotonic() - self._checked_at < settings.PREDICT_RELOAD_SECONDS:
+                continue  # requests are checking anyway
+            try:
+                self.refresh()
+            except Exception:  # never let the watcher die: requests still check
+                logger.exception("checking the promoted model version failed")
+            finally:
+                connection.close()  # this thread's own connection: not held while it sleeps
 
     def wait_for_reload(self, timeout: float = 60.0) -> None:
         if self._loading is not None:

@@ -49,6 +49,7 @@ def _fresh_predictor(monkeypatch: pytest.MonkeyPatch) -> None:
     from classifier_site.authentication import CachedTokenAuthentication
 
     monkeypatch.setattr(predictor, "_predictor", predictor.Predictor())
+    monkeypatch.setattr(predictor.Predictor, "watch", False)  # no thread outliving its test
     CachedTokenAuthentication.forget()
 
 

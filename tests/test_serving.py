@@ -440,3 +440,24 @@ def test_a_deleted_token_stops_working_within_seconds(api, member, trained_versi
     assert _post(api, 3).status_code == 401
     api.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
     assert _post(api, 4).status_code == 401
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_process_picks_up_a_promotion_on_its_own(colour_dataset, settings, monkeypatch):
+    from classification import predictor as module
+
+    settings.PREDICT_RELOAD_SECONDS = 0.2
+    first = train_now(colour_dataset, epochs=1)
+    second = train_now(colour_dataset, epochs=1)
+    monkeypatch.setattr(module.Predictor, "watch", True)
+    predictor = get_predictor()
+    assert predictor.predict(colour_image("red", seed=1)).version.pk == first.pk
+    model_version_promote(version=second, force=True)
+    deadline = time.monotonic() + 30
+    while predictor._loaded.version.pk != second.pk and time.monotonic() < deadline:  # no request meanwhile
+        time.sleep(0.05)
+    assert predictor._loaded.version.pk == second.pk
+    watcher = predictor._watcher
+    monkeypatch.setattr(module, "_predictor", module.Predictor())  # the watcher sees it is retired
+    watcher.join(5)
+    assert not watcher.is_alive()
