@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 import trainer.ml.layers  # noqa: F401  registers the custom layers saved in model files
+from trainer.ml.files import fsync_path
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
@@ -147,16 +148,8 @@ def atomic_output(out: Path) -> Iterator[Path]:
     partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
     try:
         yield partial
-        _fsync(partial)
+        fsync_path(partial)
         partial.replace(out)
     finally:
         partial.unlink(missing_ok=True)
-    _fsync(out.parent)  # the rename itself survives a crash
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(out.parent)  # the rename itself survives a crash
