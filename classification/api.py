@@ -32,14 +32,15 @@ class PredictThrottle(BaseThrottle):
     anonymous clients, read at each request (settings apply without a restart).
 
     A fixed-window counter in the "throttle" cache (THROTTLE_CACHE_URL): one
-    add-or-increment per request, whatever the rate. DRF's sliding-window throttles keep a timestamp per
-    request and rewrite the whole list each time, which costs milliseconds at the
-    rates a prediction API serves. The price: a burst may straddle two windows.
+    add-or-increment per request, whatever the rate. DRF's sliding-window throttles
+    keep a timestamp per request and rewrite the whole list each time, which costs
+    milliseconds at the rates a prediction API serves. The price: a burst may
+    straddle two windows.
     """
 
     def allow_request(self, request: Request, view: object) -> bool:
         anonymous = not (request.user and request.user.is_authenticated)
-        limit, duration = _parse_rate(
+        limit, duration = parse_rate(
             settings.PREDICT_ANON_THROTTLE_RATE if anonymous else settings.PREDICT_THROTTLE_RATE
         )
         if limit is None:
@@ -67,12 +68,16 @@ def throttle_key(ident: object, window: int) -> str:
     return f"throttle:predict:{ident}:{window}"
 
 
-def _parse_rate(rate: str | None) -> tuple[int | None, int]:
-    """ "1200/min" -> (1200, 60); "none" or empty turns the throttle off."""
-    if not rate or rate.lower() == "none":
+def parse_rate(rate: str | None) -> tuple[int | None, int]:
+    """Requests and seconds of a rate like "1200/min"; "none" or empty: no limit.
+    A ValueError for anything else (the `check` framework reports it at start-up)."""
+    if not rate or rate.strip().lower() == "none":
         return None, 1
-    count, period = rate.split("/")
-    return int(count), {"s": 1, "m": 60, "h": 3600, "d": 86400}[period[0]]
+    count, _, period = rate.partition("/")
+    seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(period.strip()[:1].lower())
+    if not count.strip().isdigit() or seconds is None:
+        raise ValueError(f"not a rate: {rate!r}")
+    return int(count), seconds
 
 
 class PredictRequestSerializer(serializers.Serializer):

@@ -461,3 +461,15 @@ def test_an_idle_process_picks_up_a_promotion_on_its_own(colour_dataset, setting
     monkeypatch.setattr(module, "_predictor", module.Predictor())  # the watcher sees it is retired
     watcher.join(5)
     assert not watcher.is_alive()
+
+
+def test_a_mistyped_throttle_rate_fails_the_checks_not_each_request(settings):
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    from classification.api import parse_rate
+
+    assert parse_rate("1200/min") == (1200, 60) and parse_rate("20/s") == (20, 1) and parse_rate("none")[0] is None
+    settings.PREDICT_THROTTLE_RATE = "lots"
+    with pytest.raises(SystemCheckError, match="PREDICT_THROTTLE_RATE='lots' is not a rate"):
+        call_command("check")
