@@ -404,7 +404,6 @@ def test_model_files_are_fsynced_and_images_are_not(settings, tmp_path, monkeypa
     assert len(synced) == 2  # the file, then its folder
     assert (tmp_path / "models/job-1/abc.keras").read_bytes() == b"model"
     assert not list(tmp_path.rglob("*.partial"))
-    time.sleep(0)
 
 
 @pytest.mark.django_db

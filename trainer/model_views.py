@@ -10,7 +10,7 @@ from django.views.decorators.http import require_POST
 
 from classifier_site.permissions import admin_user
 from trainer.selectors import (
-    evaluation_list,
+    evaluation_of_job,
     model_version_get,
     model_version_list,
     model_version_previous,
@@ -38,7 +38,7 @@ def model_detail_view(request: HttpRequest, pk: int) -> HttpResponse:
     version = model_version_get(user=request.user, pk=pk)
     context = {
         "version": version,
-        "evaluation": evaluation_list(user=request.user).filter(model_version=version).first(),
+        "evaluation": evaluation_of_job(user=request.user, job=version.job),
         "rejection": version.metrics.get("rejection") or {},
         "gate": None if version.is_promoted else promotion_gate_reason(version=version),
         "previous": model_version_previous(current=version) if version.is_promoted else None,
