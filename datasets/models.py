@@ -54,15 +54,70 @@ class Image(models.Model):
     # In the labelling queue: someone (an evaluation report, a reviewer) asked for a second look.
     # db_default: the importer writes rows with a raw multi-row INSERT that names only its columns.
     needs_review = models.BooleanField(default=False, db_default=False)
+    # Optimistic locking: every label change adds one, and a change based on an older
+    # version is refused (HTTP 409) instead of overwriting a colleague's work.
+    label_version = models.PositiveIntegerField(default=0, db_default=0)
+    # A person set or confirmed this label (workbench, API, review queue, correction);
+    # imported labels are unchecked, which is what the review queue looks at.
+    label_checked = models.BooleanField(default=False, db_default=False)
+    # The promoted model's opinion, written by a scoring run (trainer.scoring). The
+    # suggestion is a class *name*: accepting it may create the class in this dataset.
+    suggestion = models.CharField(max_length=200, blank=True, default="", db_default="")
+    suggestion_confidence = models.FloatField(null=True, blank=True)  # top-1 probability
+    suggestion_margin = models.FloatField(null=True, blank=True)  # top-1 minus top-2
+    suggestion_entropy = models.FloatField(null=True, blank=True)  # of the whole distribution, in nats
+    suggestion_model = models.ForeignKey(
+        "trainer.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["id"]
         constraints = [models.UniqueConstraint(fields=["dataset", "sha256"], name="image_unique_content_per_dataset")]
-        indexes = [models.Index(fields=["dataset", "split"]), models.Index(fields=["dataset", "label"])]
+        indexes = [
+            models.Index(fields=["dataset", "split"]),
+            models.Index(fields=["dataset", "label"]),
+            models.Index(fields=["dataset", "suggestion_confidence"]),
+        ]
 
     def __str__(self) -> str:
         return self.original_name or self.sha256[:12]
+
+
+class ChangeSource(models.TextChoices):
+    WORKBENCH = "workbench", "Workbench"
+    API = "api", "API"
+    SUGGESTION = "suggestion", "Accepted suggestion"
+    REVIEW = "review", "Review queue"
+    REPORT = "report", "Evaluation report"
+    CORRECTION = "correction", "Prediction correction"
+    UNDO = "undo", "Undo"
+
+
+class LabelChange(models.Model):
+    """One image's label going from one class to another: who, when, from where.
+
+    Changes made together (a bulk assign, an accept-suggestions) share a `batch`, and
+    undo reverts a whole batch. Names are copied so history survives a class's deletion.
+    """
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="label_changes")
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="label_changes")
+    batch = models.UUIDField(db_index=True)
+    old_label = models.CharField(max_length=200, blank=True)  # "" is unlabelled
+    new_label = models.CharField(max_length=200, blank=True)
+    version = models.PositiveIntegerField()  # the image's label_version after this change
+    source = models.CharField(max_length=12, choices=ChangeSource.choices)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    undone = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["dataset", "user", "-id"])]
+
+    def __str__(self) -> str:
+        return f"{self.image_id}: {self.old_label or '—'} → {self.new_label or '—'}"
 
 
 class ImportStatus(models.TextChoices):
