@@ -17,8 +17,8 @@ from classification.predictor import NoModelAvailable, Prediction, get_predictor
 from classifier_site.permissions import is_admin
 from classifier_site.uploads import limit_upload
 from datasets.imaging import ImageRejected, decode_image
+from datasets.labelling import image_add_correction
 from datasets.selectors import dataset_list
-from datasets.services import image_add_correction
 from trainer.selectors import model_version_serving
 
 # Images up to this size are shown back and can be sent back as a correction.
@@ -99,6 +99,7 @@ def correction_view(request: HttpRequest) -> HttpResponse:
             filename=form.cleaned_data["filename"],
             data=data,
             label_name=form.cleaned_data["label"],
+            user=request.user,
         )
     except (binascii.Error, ValueError) as exc:  # ImageRejected and bad class names are ValueErrors
         messages.error(request, f"Correction not saved: {exc}")

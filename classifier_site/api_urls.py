@@ -6,12 +6,14 @@ from rest_framework.routers import DefaultRouter
 
 from classification.api import PredictView
 from datasets.api import DatasetViewSet, ImageViewSet, ImportViewSet, LabelViewSet
+from datasets.labelling_api import LabelChangeViewSet
 from trainer.api import EvaluationViewSet, ModelVersionViewSet, TrainingJobViewSet
 
 router = DefaultRouter()
 router.register("datasets", DatasetViewSet, basename="dataset")
 router.register("images", ImageViewSet, basename="image")
 router.register("labels", LabelViewSet, basename="label")
+router.register("label-changes", LabelChangeViewSet, basename="label-change")
 router.register("imports", ImportViewSet, basename="import")
 router.register("jobs", TrainingJobViewSet, basename="job")
 router.register("models", ModelVersionViewSet, basename="model")

@@ -15,10 +15,13 @@ from rest_framework.response import Response
 
 from classifier_site.permissions import admin_user
 from classifier_site.uploads import payload_too_large, too_large
-from datasets.models import Dataset, DatasetImport, Image, Label
-from datasets.selectors import dataset_class_counts, dataset_list
+from datasets.labelling import LabelConflict, image_label_set
+from datasets.labelling_api import LabellingActions, conflict_response
+from datasets.models import ChangeSource, Dataset, DatasetImport, Image, Label
+from datasets.selectors import WORKBENCH_ORDERS, dataset_class_counts, dataset_list, workbench_ordering
 from datasets.services import (
     clean_label_name,
+    image_review_set,
     images_delete,
     import_create,
     import_create_from_files,
@@ -47,7 +50,7 @@ class DatasetSerializer(serializers.ModelSerializer):
 
 
 class DatasetViewSet(
-    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+    LabellingActions, mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
 ):
     serializer_class = DatasetSerializer
     permission_classes = [permissions.IsAdminUser]
@@ -71,20 +74,33 @@ class DatasetViewSet(
 
 class ImageFilter(django_filters.FilterSet):
     unlabelled = django_filters.BooleanFilter(field_name="label", lookup_expr="isnull", label="Only unlabelled images")
+    min_confidence = django_filters.NumberFilter(field_name="suggestion_confidence", lookup_expr="gte")
+    max_confidence = django_filters.NumberFilter(field_name="suggestion_confidence", lookup_expr="lt")
+    order = django_filters.ChoiceFilter(
+        choices=WORKBENCH_ORDERS, method="order_by", label="Active learning: least sure first"
+    )
 
     class Meta:
         model = Image
-        fields = ["dataset", "label", "split", "unlabelled", "needs_review"]
+        fields = ["dataset", "label", "split", "unlabelled", "needs_review", "suggestion"]
+
+    def order_by(self, images: QuerySet[Image], name: str, value: str) -> QuerySet[Image]:
+        return images.order_by(*workbench_ordering(value))
 
 
 class ImageSerializer(serializers.ModelSerializer):
     label_name = serializers.CharField(source="label.name", read_only=True, default=None)
+    label_version = serializers.IntegerField(
+        min_value=0, required=False,
+        help_text="Optimistic lock: send the version you read with a new label; a newer one gets 409.",
+    )  # fmt: skip
 
     class Meta:
         model = Image
-        fields = ["id", "dataset", "label", "label_name", "split", "needs_review", "width", "height", "sha256",
-                  "original_name", "created_at"]  # fmt: skip
-        read_only_fields = [f for f in fields if f not in ("label", "needs_review")]
+        fields = ["id", "dataset", "label", "label_name", "label_version", "label_checked", "split", "needs_review",
+                  "suggestion", "suggestion_confidence", "suggestion_margin", "suggestion_entropy",
+                  "suggestion_model", "width", "height", "sha256", "original_name", "created_at"]  # fmt: skip
+        read_only_fields = [f for f in fields if f not in ("label", "label_version", "needs_review")]
 
     def validate_label(self, label: Label | None) -> Label | None:
         if label is not None and self.instance is not None and label.dataset_id != self.instance.dataset_id:
@@ -103,6 +119,23 @@ class ImageViewSet(
 
     def get_queryset(self) -> QuerySet[Image]:
         return Image.objects.select_related("label").order_by("id")
+
+    def update(self, request: Request, *args: object, **kwargs: object) -> Response:
+        """A new label goes through the labelling service (history, optimistic lock)."""
+        image = self.get_object()
+        incoming = self.get_serializer(image, data=request.data, partial=True)
+        incoming.is_valid(raise_exception=True)
+        data = incoming.validated_data
+        if "label" in data:
+            name = data["label"].name if data["label"] else None
+            try:
+                image_label_set(image=image, label_name=name, user=request.user, source=ChangeSource.API,
+                                version=data.get("label_version"))  # fmt: skip
+            except LabelConflict as exc:
+                return conflict_response(exc)
+        if "needs_review" in data:
+            image_review_set(image=image, needs_review=data["needs_review"])
+        return Response(self.get_serializer(image).data)
 
     def perform_destroy(self, instance: Image) -> None:
         images_delete(dataset=instance.dataset, ids=[instance.pk])

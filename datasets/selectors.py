@@ -2,14 +2,15 @@
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, F, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import Http404
 
 from classifier_site.permissions import is_admin
-from datasets.models import Dataset, DatasetImport, Image, Label, Split
+from datasets.models import Dataset, DatasetImport, Image, Label, LabelChange, Split
 
 
 def dataset_list(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Dataset]:
@@ -171,3 +172,73 @@ def image_get(*, user: AbstractBaseUser | AnonymousUser, pk: int) -> Image:
         return Image.objects.get(pk=pk)
     except Image.DoesNotExist:
         raise Http404("No such image.") from None
+
+
+# --- the labelling workbench ------------------------------------------------------------------
+
+# Below this top-1 probability the model is unsure: the "low confidence" filter.
+LOW_CONFIDENCE = 0.5
+# At or above it, a suggestion that contradicts an unchecked label puts the image in the
+# review queue (a likely label error).
+REVIEW_CONFIDENCE = 0.9
+
+WORKBENCH_SHOWS = [
+    ("all", "all images"),
+    ("unlabelled", "unlabelled"),
+    ("labelled", "labelled"),
+    ("low", f"low confidence (< {LOW_CONFIDENCE:.0%})"),
+    ("disagree", "model disagrees with the label"),
+    ("review", "review queue (likely label errors)"),
+]
+# Active learning orders put what the model is least sure about first; unscored images last.
+WORKBENCH_ORDERS = [
+    ("oldest", "oldest first"),
+    ("newest", "newest first"),
+    ("least_confidence", "least confident first"),
+    ("margin", "smallest margin first"),
+    ("entropy", "highest entropy first"),
+]
+_ORDERING: dict[str, list[Any]] = {
+    "oldest": ["id"],
+    "newest": ["-id"],
+    "least_confidence": [F("suggestion_confidence").asc(nulls_last=True), "id"],
+    "margin": [F("suggestion_margin").asc(nulls_last=True), "id"],
+    "entropy": [F("suggestion_entropy").desc(nulls_last=True), "id"],
+}
+
+
+def _disagrees() -> Q:
+    return Q(label__isnull=False) & ~Q(suggestion="") & ~Q(label__name=F("suggestion"))
+
+
+def workbench_images(
+    *, dataset: Dataset, show: str = "all", label: str = "", split: str = "", order: str = "oldest"
+) -> QuerySet[Image]:
+    """A dataset's images for the workbench (and the image API): `show` one of
+    WORKBENCH_SHOWS, `label` a class id, `split` a Split, `order` one of WORKBENCH_ORDERS.
+    Unknown values mean no filter and the default order, never an error."""
+    images = Image.objects.filter(dataset=dataset).select_related("label")
+    filters = {
+        "unlabelled": Q(label__isnull=True),
+        "labelled": Q(label__isnull=False),
+        "low": Q(suggestion_confidence__lt=LOW_CONFIDENCE),
+        "disagree": _disagrees(),
+        "review": Q(needs_review=True)
+        | (_disagrees() & Q(label_checked=False, suggestion_confidence__gte=REVIEW_CONFIDENCE)),
+    }
+    if show in filters:
+        images = images.filter(filters[show])
+    if label.isdigit():
+        images = images.filter(label_id=int(label))
+    if split in Split.values:
+        images = images.filter(split=split)
+    return images.order_by(*workbench_ordering(order))
+
+
+def workbench_ordering(order: str) -> list[Any]:
+    return _ORDERING.get(order, _ORDERING["oldest"])
+
+
+def label_history(*, dataset: Dataset) -> QuerySet[LabelChange]:
+    """Who set which label when, newest first."""
+    return LabelChange.objects.filter(dataset=dataset).select_related("user").order_by("-id")

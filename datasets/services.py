@@ -84,19 +84,14 @@ def label_get_or_create(*, dataset: Dataset, name: str) -> Label:
     return label
 
 
-def image_relabel(*, image: Image, label_name: str) -> Image:
-    """Give `image` the class named `label_name` in its dataset (created if new);
-    a decided label takes it out of the labelling queue."""
-    label = label_get_or_create(dataset=image.dataset, name=label_name)
-    Image.objects.filter(pk=image.pk).update(label=label, needs_review=False)
-    image.label, image.needs_review = label, False
-    return image
-
-
 def image_queue_for_review(*, image: Image) -> Image:
-    """Put `image` in its dataset's labelling queue (the grid's "needs review" filter)."""
-    Image.objects.filter(pk=image.pk).update(needs_review=True)
-    image.needs_review = True
+    """Put `image` in its dataset's labelling queue (the workbench's review queue)."""
+    return image_review_set(image=image, needs_review=True)
+
+
+def image_review_set(*, image: Image, needs_review: bool) -> Image:
+    Image.objects.filter(pk=image.pk).update(needs_review=needs_review)
+    image.needs_review = needs_review
     return image
 
 
@@ -281,23 +276,6 @@ def images_add(*, dataset: Dataset, items: Iterable[tuple[str, bytes, str | None
     """Add (file name, bytes, class name or None) items, all or nothing."""
     entries = (Entry(name, data=data, label=label) for name, data, label in items)
     return _write(dataset, entries, progress=None)
-
-
-def image_add_correction(*, dataset: Dataset, filename: str, data: bytes, label_name: str) -> str:
-    """Add an image a user says the model got wrong, with the class they chose (made
-    if the dataset lacks it), so the next training run learns it. The image is
-    decoded and checked like any import; returns what happened, for people."""
-    label_name = clean_label_name(label_name)
-    decode_image(data, max_pixels=settings.MAX_IMAGE_PIXELS)  # a clear error before anything is written
-    report = images_add(dataset=dataset, items=[(filename, data, label_name)])
-    if report.imported:
-        return f"Added {filename} to {dataset.name} as {label_name}."
-    existing = Image.objects.filter(dataset=dataset, sha256=hashlib.sha256(data).hexdigest()).first()
-    if existing is not None:
-        image_relabel(image=existing, label_name=label_name)
-        return f"{filename} was already in {dataset.name}; it is now labelled {label_name}."
-    reasons = "; ".join(reason for _, reason in report.skipped) or "skipped"
-    raise ValueError(f"{filename} was not added: {reasons}")
 
 
 def _write(dataset: Dataset, entries: Iterator[Entry], progress: Callable[[int], None] | None) -> ImportReport:

@@ -14,7 +14,9 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from datasets.services import image_queue_for_review, image_relabel
+from datasets.labelling import image_label_set
+from datasets.models import ChangeSource
+from datasets.services import image_queue_for_review
 from trainer.models import Evaluation, Prediction
 from trainer.reports import class_rows, compare_jobs, confusion_rows, summary_rows
 from trainer.selectors import (
@@ -161,7 +163,7 @@ def relabel_view(request: HttpRequest, pk: int, prediction_pk: int) -> HttpRespo
     elif name not in evaluation.classes:
         messages.error(request, f"Unknown class {name!r}.")
     else:
-        image_relabel(image=prediction.image, label_name=name)
+        image_label_set(image=prediction.image, label_name=name, user=request.user, source=ChangeSource.REPORT)
         messages.success(request, f"Image {prediction.image_id} is now labelled {name}.")
     return _after_action(request, evaluation, prediction)
 

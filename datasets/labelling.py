@@ -1,0 +1,268 @@
+"""Label changes: the one way an image's class changes once imported.
+
+The workbench, the REST API, the review queue, accepted suggestions, evaluation
+reports and prediction corrections all call `images_label_set`, so they share its
+rules: optimistic locking (a change based on an old `label_version` is refused,
+never silently applied over a colleague's), a `LabelChange` row per image, and
+all-or-nothing batches that `label_change_undo` can revert.
+"""
+
+import hashlib
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import transaction
+from django.db.models import F, QuerySet
+
+from datasets.imaging import decode_image
+from datasets.models import ChangeSource, Dataset, Image, Label, LabelChange
+from datasets.services import clean_label_name, images_add, label_get_or_create
+
+# Rows per UPDATE ... WHERE id IN (...): well under SQLite's bound-variable limit.
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class LabelEdit:
+    """Set `image_id`'s class to `label` (a class name; None unlabels). `version` is the
+    label_version the client saw; None skips the check (server-side decisions)."""
+
+    image_id: int
+    label: str | None
+    version: int | None = None
+
+
+@dataclass(frozen=True)
+class ImageLabel:
+    id: int
+    label: str | None
+    version: int
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """An image someone else changed after the client read it: what it is now."""
+
+    image_id: int
+    label: str | None
+    version: int
+    changed_by: str | None
+    changed_at: datetime | None
+
+    def message(self) -> str:
+        who = f" by {self.changed_by}" if self.changed_by else ""
+        when = f" at {self.changed_at:%H:%M:%S}" if self.changed_at else ""
+        return f"image {self.image_id} was changed to {self.label or 'unlabelled'}{who}{when}"
+
+
+class LabelConflict(Exception):
+    def __init__(self, conflicts: list[Conflict]) -> None:
+        self.conflicts = conflicts
+        shown = "; ".join(c.message() for c in conflicts[:3])
+        more = f" and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
+        super().__init__(f"Not saved: {shown}{more}. Nothing in this change was applied.")
+
+
+@dataclass(frozen=True)
+class LabelSetResult:
+    batch: uuid.UUID | None
+    images: list[ImageLabel]
+
+    @property
+    def count(self) -> int:
+        return len(self.images)
+
+
+@dataclass(frozen=True)
+class _Current:
+    label_id: int | None
+    label: str | None
+    version: int
+
+
+def images_label_set(
+    *, dataset: Dataset, edits: Sequence[LabelEdit], user: AbstractBaseUser | AnonymousUser | None, source: str
+) -> LabelSetResult:
+    """Apply `edits` to images of `dataset`, all or none: a stale version anywhere raises
+    LabelConflict and nothing changes. Unknown class names become new classes; an
+    image set to its current label counts as confirmed (it leaves the review queue)."""
+    if not edits:
+        return LabelSetResult(batch=None, images=[])
+    edits = _last_edit_per_image(edits)
+    author_id = user.pk if user is not None and user.is_authenticated else None
+    with transaction.atomic():
+        current = _current_labels(dataset, [e.image_id for e in edits])
+        _refuse_stale(edits, current)
+        labels = _labels_by_name(dataset, {e.label for e in edits if e.label})
+        _apply(edits, current, labels)
+        batch = uuid.uuid4()
+        LabelChange.objects.bulk_create(
+            LabelChange(
+                dataset=dataset, image_id=e.image_id, batch=batch, old_label=current[e.image_id].label or "",
+                new_label=e.label or "", version=current[e.image_id].version + 1, source=source, user_id=author_id,
+            )
+            for e in edits
+        )  # fmt: skip
+    images = [ImageLabel(e.image_id, e.label, current[e.image_id].version + 1) for e in edits]
+    return LabelSetResult(batch=batch, images=images)
+
+
+def _last_edit_per_image(edits: Sequence[LabelEdit]) -> list[LabelEdit]:
+    """One edit per image (the last wins), with class names cleaned like everywhere else."""
+    by_image = {e.image_id: e for e in edits}
+    return [LabelEdit(e.image_id, _clean(e.label), e.version) for e in by_image.values()]
+
+
+def _clean(name: str | None) -> str | None:
+    """Whitespace collapsed; blank means unlabelled."""
+    return " ".join(name.split()) or None if name else None
+
+
+def _current_labels(dataset: Dataset, ids: list[int]) -> dict[int, _Current]:
+    current: dict[int, _Current] = {}
+    for chunk in _chunks(ids):
+        rows = Image.objects.filter(dataset=dataset, pk__in=chunk).values_list(
+            "pk", "label_id", "label__name", "label_version"
+        )
+        current.update({pk: _Current(label_id, name, version) for pk, label_id, name, version in rows})
+    missing = sorted(set(ids) - current.keys())
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
+        raise ValueError(f"No image {shown} in dataset {dataset.name!r}.")
+    return current
+
+
+def _refuse_stale(edits: Sequence[LabelEdit], current: dict[int, _Current]) -> None:
+    stale = [e.image_id for e in edits if e.version is not None and e.version != current[e.image_id].version]
+    if stale:
+        raise LabelConflict(_conflicts(stale))
+
+
+def _labels_by_name(dataset: Dataset, names: set[str]) -> dict[str, Label]:
+    return {name: label_get_or_create(dataset=dataset, name=name) for name in sorted(names)}
+
+
+def _apply(edits: Sequence[LabelEdit], current: dict[int, _Current], labels: dict[str, Label]) -> None:
+    """One conditional UPDATE per (new class, version read) group: an image changed
+    between our read and this write matches no row, and the whole batch rolls back."""
+    groups: dict[tuple[str | None, int], list[int]] = defaultdict(list)
+    for e in edits:
+        groups[(e.label, current[e.image_id].version)].append(e.image_id)
+    for (name, version), ids in groups.items():
+        label = labels[name] if name else None
+        for chunk in _chunks(ids):
+            updated = Image.objects.filter(pk__in=chunk, label_version=version).update(
+                label=label, label_version=F("label_version") + 1, needs_review=False, label_checked=label is not None
+            )
+            if updated != len(chunk):
+                raise LabelConflict(_conflicts(chunk))
+
+
+def _conflicts(ids: list[int]) -> list[Conflict]:
+    """What the images are now, and who last changed them (read outside the failed batch)."""
+    rows = Image.objects.filter(pk__in=ids).values_list("pk", "label__name", "label_version")
+    last = _last_changes(ids)
+    conflicts = []
+    for pk, name, version in rows:
+        change = last.get(pk)
+        who = change.user.get_username() if change is not None and change.user is not None else None
+        conflicts.append(Conflict(pk, name, version, who, change.created_at if change else None))
+    return sorted(conflicts, key=lambda c: c.image_id)
+
+
+def _last_changes(ids: Iterable[int]) -> dict[int, LabelChange]:
+    changes = LabelChange.objects.filter(image_id__in=list(ids)).select_related("user").order_by("image_id", "-id")
+    last: dict[int, LabelChange] = {}
+    for change in changes:
+        last.setdefault(change.image_id, change)
+    return last
+
+
+def _chunks(ids: list[int]) -> Iterable[list[int]]:
+    for start in range(0, len(ids), _CHUNK):
+        yield ids[start : start + _CHUNK]
+
+
+def image_label_set(
+    *, image: Image, label_name: str | None, user: AbstractBaseUser | AnonymousUser | None, source: str,
+    version: int | None = None,
+) -> Image:  # fmt: skip
+    """One image: `images_label_set` for callers holding an Image (reports, corrections)."""
+    images_label_set(dataset=image.dataset, edits=[LabelEdit(image.pk, label_name, version)], user=user, source=source)
+    image.refresh_from_db()
+    return image
+
+
+def label_change_undo(*, dataset: Dataset, user: AbstractBaseUser | AnonymousUser) -> LabelSetResult:
+    """Revert `user`'s most recent batch in `dataset` that is not yet undone (repeat to go
+    further back). Refused with LabelConflict when someone changed those images since."""
+    if not user.is_authenticated:
+        raise ValueError("Sign in to undo your changes.")
+    last = (
+        LabelChange.objects.filter(dataset=dataset, user_id=int(user.pk), undone=False)
+        .exclude(source=ChangeSource.UNDO)
+        .order_by("-id")
+        .first()
+    )
+    if last is None:
+        raise ValueError("Nothing to undo.")
+    changes = LabelChange.objects.filter(batch=last.batch)
+    edits = [LabelEdit(c.image_id, c.old_label or None, c.version) for c in changes]
+    with transaction.atomic():
+        result = images_label_set(dataset=dataset, edits=edits, user=user, source=ChangeSource.UNDO)
+        changes.update(undone=True)
+    return result
+
+
+def suggestions_accept(
+    *, images: QuerySet[Image], min_confidence: float, user: AbstractBaseUser | AnonymousUser | None
+) -> LabelSetResult:
+    """Give each of `images` whose suggestion reaches `min_confidence` (0..1) and differs
+    from its label that suggestion, as one undoable batch."""
+    if not 0 <= min_confidence <= 1:
+        raise ValueError("The minimum confidence must be between 0 and 100%.")
+    rows = (
+        images.exclude(suggestion="")
+        .filter(suggestion_confidence__gte=min_confidence)
+        .exclude(label__name=F("suggestion"))
+        .values_list("pk", "dataset_id", "suggestion", "label_version")
+    )
+    by_dataset: dict[int, list[LabelEdit]] = defaultdict(list)
+    for pk, dataset_id, suggestion, version in rows:
+        by_dataset[dataset_id].append(LabelEdit(pk, suggestion, version))
+    if len(by_dataset) > 1:
+        raise ValueError("Accept suggestions one dataset at a time.")
+    if not by_dataset:
+        return LabelSetResult(batch=None, images=[])
+    [(dataset_id, edits)] = by_dataset.items()
+    dataset = Dataset.objects.get(pk=dataset_id)
+    return images_label_set(dataset=dataset, edits=edits, user=user, source=ChangeSource.SUGGESTION)
+
+
+def image_add_correction(
+    *, dataset: Dataset, filename: str, data: bytes, label_name: str, user: AbstractBaseUser | AnonymousUser | None
+) -> str:
+    """Add an image a user says the model got wrong, with the class they chose (made
+    if the dataset lacks it), so the next training run learns it. The image is
+    decoded and checked like any import; returns what happened, for people."""
+    label_name = clean_label_name(label_name)
+    decode_image(data, max_pixels=settings.MAX_IMAGE_PIXELS)  # a clear error before anything is written
+    sha = hashlib.sha256(data).hexdigest()
+    existing = Image.objects.filter(dataset=dataset, sha256=sha).first()
+    if existing is None:
+        # Added unlabelled, then labelled like any other change: the history says who decided.
+        report = images_add(dataset=dataset, items=[(filename, data, None)])
+        existing = Image.objects.filter(dataset=dataset, sha256=sha).first()
+        if existing is None:
+            reasons = "; ".join(reason for _, reason in report.skipped) or "skipped"
+            raise ValueError(f"{filename} was not added: {reasons}")
+        message = f"Added {filename} to {dataset.name} as {label_name}."
+    else:
+        message = f"{filename} was already in {dataset.name}; it is now labelled {label_name}."
+    image_label_set(image=existing, label_name=label_name, user=user, source=ChangeSource.CORRECTION)
+    return message
