@@ -1,0 +1,81 @@
+"""`manage.py score_dataset DATASET [--wait | --inline]`: the promoted model's suggestion for every image."""
+
+import json
+import time
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from datasets.selectors import dataset_find
+from trainer.models import ScoringRun
+from trainer.scoring import ScoringRefused, scoring_run, scoring_start
+
+
+class Command(BaseCommand):
+    help = (
+        "Score every image of a dataset (by name or id) with the promoted model: each gets the model's "
+        "suggested class, its confidence, margin and entropy. Runs on a worker's `default` queue."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("dataset", help="dataset name or id")
+        parser.add_argument("--wait", action="store_true", help="wait for the run to finish, showing progress")
+        parser.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+        parser.add_argument("--inline", action="store_true", help="score in this process instead of on a worker")
+        parser.add_argument("--json", action="store_true", help="print the run as JSON")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        dataset = dataset_find(options["dataset"])
+        if dataset is None:
+            raise CommandError(f"no dataset named or numbered {options['dataset']!r}")
+        try:
+            run = scoring_start(dataset=dataset, enqueue=not options["inline"])
+        except ScoringRefused as exc:
+            raise CommandError(str(exc)) from exc
+        if options["inline"]:
+            scoring_run(run_id=run.pk)
+        elif options["wait"]:
+            self._wait(run, options["timeout"], quiet=options["json"])
+        else:
+            self.stderr.write(f"run {run.pk} queued; follow it with --wait or GET /api/v1/scoring-runs/{run.pk}/")
+        run.refresh_from_db()
+        self._report(run, as_json=options["json"])
+        if run.status == "failed":
+            raise CommandError(f"scoring run {run.pk} failed: {run.error}")
+
+    def _wait(self, run: ScoringRun, timeout: float | None, *, quiet: bool) -> None:
+        started = time.monotonic()
+        last, hinted = "", False
+        while not run.is_finished:
+            if timeout and time.monotonic() - started > timeout:
+                raise CommandError(
+                    f"scoring run {run.pk} still {run.status} after {timeout:g} s (is a worker running?)"
+                )
+            if not hinted and run.status == "queued" and time.monotonic() - started > 30:
+                self.stderr.write("still queued after 30 s: is a `default` queue worker running? (make run starts one)")
+                hinted = True
+            time.sleep(1)
+            run.refresh_from_db()
+            line = f"run {run.pk}: {run.status} {run.processed}/{run.total if run.total is not None else '?'}"
+            if line != last and not quiet:
+                self.stderr.write(line)
+                last = line
+
+    def _report(self, run: ScoringRun, *, as_json: bool) -> None:
+        summary = {
+            "run": run.pk,
+            "dataset": run.dataset.name,
+            "model_version": run.model_version_id,
+            "status": run.status,
+            "processed": run.processed,
+            "total": run.total,
+            "skipped": run.skipped,
+            "error": run.error,
+        }
+        if as_json:
+            self.stdout.write(json.dumps(summary))
+            return
+        self.stdout.write(
+            f"Scoring run {run.pk} of {run.dataset.name} with {run.model_version.name}: {run.status}, "
+            f"{run.processed - run.skipped} images scored, {run.skipped} skipped"
+        )

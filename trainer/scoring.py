@@ -1,0 +1,216 @@
+"""Model assistance: the promoted model scores every image of a dataset, and each
+Image row keeps its suggestion (a class name of the model), confidence, margin and
+entropy, for the labelling workbench to sort, filter and review by.
+
+A run is a row (trainer.models.ScoringRun) queued here and claimed by a worker
+with a conditional UPDATE, like exports. TensorFlow loads inside `scoring_run`
+only (a worker, the `score_dataset` command), never in web processes.
+"""
+
+import logging
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User
+from django.core.files.storage import default_storage
+from django.db import IntegrityError, transaction
+from django.db.models import F, QuerySet
+from django.http import Http404
+from django.utils import timezone
+
+from classifier_site.permissions import is_admin
+from classifier_site.queueing import publish
+from datasets.imaging import ImageRejected, load_array
+from datasets.models import Dataset, Image
+from trainer.models import SCORING_STALE, ExportStatus, ScoringRun
+from trainer.selectors import model_version_serving
+
+logger = logging.getLogger(__name__)
+
+BATCH = 256  # images per model call, per bulk update and per progress step
+ACTIVE = (ExportStatus.QUEUED, ExportStatus.RUNNING)
+SUGGESTION_FIELDS = [
+    "suggestion",
+    "suggestion_confidence",
+    "suggestion_margin",
+    "suggestion_entropy",
+    "suggestion_model",
+]
+
+
+class ScoringRefused(ValueError):
+    """A run cannot start; the message says why, for people."""
+
+
+class _Lost(Exception):
+    """The run is no longer this worker's: deleted, or failed as stale meanwhile."""
+
+
+# --- selectors --------------------------------------------------------------------------
+
+
+def scoring_latest(*, dataset: Dataset) -> ScoringRun | None:
+    """The dataset's newest run, whatever its status: what its suggestions came from, or are coming from."""
+    return _runs().filter(dataset=dataset).first()
+
+
+def scoring_run_list(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[ScoringRun]:
+    if not is_admin(user):
+        return ScoringRun.objects.none()
+    return _runs()
+
+
+def scoring_run_get(*, user: AbstractBaseUser | AnonymousUser, pk: int) -> ScoringRun:
+    try:
+        return scoring_run_list(user=user).get(pk=pk)
+    except ScoringRun.DoesNotExist:
+        raise Http404("No such scoring run.") from None
+
+
+def _runs() -> QuerySet[ScoringRun]:
+    return ScoringRun.objects.select_related("dataset", "model_version", "model_version__dataset")
+
+
+# --- services -------------------------------------------------------------------------
+
+
+def scoring_start(*, dataset: Dataset, user: User | None = None, enqueue: bool = True) -> ScoringRun:
+    """Queue a run of the promoted model over `dataset` (sent to a worker's `default`
+    queue when the transaction commits, unless the caller runs it itself)."""
+    version = model_version_serving()
+    if version is None:
+        raise ScoringRefused("No model is promoted: train one and promote it in the model registry first.")
+    _fail_stale(dataset)
+    active = ScoringRun.objects.filter(dataset=dataset, status__in=ACTIVE).first()
+    if active is not None:
+        if active.status == ExportStatus.QUEUED and enqueue:  # its message may be lost; a duplicate is harmless
+            transaction.on_commit(partial(_enqueue, active.pk))
+        raise ScoringRefused(f"{dataset.name} is already being scored (run {active.pk} is {active.status}).")
+    try:
+        with transaction.atomic():  # the partial unique index settles two starts racing each other
+            run = ScoringRun.objects.create(dataset=dataset, model_version=version, created_by=user)
+    except IntegrityError:
+        raise ScoringRefused(f"{dataset.name} is already being scored.") from None
+    if enqueue:
+        transaction.on_commit(partial(_enqueue, run.pk))
+    return run
+
+
+def _fail_stale(dataset: Dataset) -> None:
+    """A running run whose worker died must not block the next one."""
+    stale = ScoringRun.objects.filter(
+        dataset=dataset, status=ExportStatus.RUNNING, heartbeat_at__lt=timezone.now() - SCORING_STALE
+    )
+    minutes = int(SCORING_STALE.total_seconds() // 60)
+    error = f"The worker stopped: no progress for over {minutes} minutes."
+    stale.update(status=ExportStatus.FAILED, error=error, finished_at=timezone.now())
+
+
+def _enqueue(run_id: int) -> None:
+    from trainer.tasks import score_dataset
+
+    if error := publish(score_dataset, run_id):
+        _finish(run_id, ExportStatus.FAILED, error=error)
+
+
+def _claim(run_id: int) -> bool:
+    """Conditional UPDATE: only one worker ever moves a run from queued to running."""
+    now = timezone.now()
+    queued = ScoringRun.objects.filter(pk=run_id, status=ExportStatus.QUEUED)
+    return bool(queued.update(status=ExportStatus.RUNNING, started_at=now, heartbeat_at=now))
+
+
+def _running(run_id: int) -> QuerySet[ScoringRun]:
+    return ScoringRun.objects.filter(pk=run_id, status=ExportStatus.RUNNING)
+
+
+def _finish(run_id: int, status: ExportStatus, **fields: object) -> bool:
+    runs = ScoringRun.objects.filter(pk=run_id, status__in=ACTIVE)
+    return bool(runs.update(status=status, finished_at=timezone.now(), **fields))
+
+
+def scoring_run(*, run_id: int) -> ScoringRun | None:
+    """Score every image of a queued run's dataset (the Celery task and the command
+    call this). None when the row is gone (its dataset or model was deleted)."""
+    if not _claim(run_id):
+        logger.info("scoring run %s is not queued; nothing to do (duplicate delivery?)", run_id)
+        return _runs().filter(pk=run_id).first()
+    run = _runs().get(pk=run_id)
+    try:
+        _score(run)
+    except _Lost:
+        logger.warning("scoring run %s was deleted or failed meanwhile; stopped", run_id)
+    except Exception as exc:
+        logger.exception("scoring run %s failed", run_id)
+        _finish(run_id, ExportStatus.FAILED, error=_describe(exc))
+    else:
+        _finish(run_id, ExportStatus.SUCCEEDED)
+    return _runs().filter(pk=run_id).first()
+
+
+def _score(run: ScoringRun) -> None:
+    from classification.predictor import local_model_file
+    from trainer.ml.scoring import compiled_predict
+
+    version = run.model_version
+    predict = compiled_predict(local_model_file(version))
+    # Images added from here on wait for the next run: the total stays true.
+    images = Image.objects.filter(dataset_id=run.dataset_id).order_by("pk").only("pk", "file")
+    last = images.values_list("pk", flat=True).last() or 0
+    images = images.filter(pk__lte=last)
+    _running(run.pk).update(total=images.count(), heartbeat_at=timezone.now())
+    after = 0
+    while batch := list(images.filter(pk__gt=after)[:BATCH]):
+        _score_batch(run, batch, predict)
+        after = batch[-1].pk
+    logger.info("scoring run %s: dataset %s scored with model version %s", run.pk, run.dataset_id, version.pk)
+
+
+def _score_batch(run: ScoringRun, batch: list[Image], predict: Callable[[np.ndarray], np.ndarray]) -> None:
+    """One model call for the readable images of `batch`, one bulk update for all of
+    them: an unreadable image loses any older suggestion rather than keep a stale one."""
+    from trainer.ml.scoring import scores
+
+    version = run.model_version
+    readable: list[Image] = []
+    arrays: list[np.ndarray] = []
+    for image in batch:
+        if (array := _pixels(image, version.image_size)) is not None:
+            readable.append(image)
+            arrays.append(array)
+    for image in batch:
+        image.suggestion, image.suggestion_model = "", None
+        image.suggestion_confidence = image.suggestion_margin = image.suggestion_entropy = None
+    if readable:
+        found = scores(predict(np.stack(arrays)))
+        for row, image in enumerate(readable):
+            image.suggestion = str(version.classes[int(found.top[row])])
+            image.suggestion_confidence = float(found.confidence[row])
+            image.suggestion_margin = float(found.margin[row])
+            image.suggestion_entropy = float(found.entropy[row])
+            image.suggestion_model = version
+    with transaction.atomic():
+        progress = {"processed": F("processed") + len(batch), "skipped": F("skipped") + len(batch) - len(readable)}
+        if not _running(run.pk).update(heartbeat_at=timezone.now(), **progress):
+            raise _Lost
+        Image.objects.bulk_update(batch, SUGGESTION_FIELDS)
+
+
+def _pixels(image: Image, size: int) -> np.ndarray | None:
+    """What the model sees of one stored image, or None when its file is missing or unreadable."""
+    try:
+        with default_storage.open(str(image.file.name)) as fh:
+            return load_array(fh.read(), size, max_pixels=settings.MAX_IMAGE_PIXELS)
+    except (OSError, ImageRejected) as exc:
+        logger.warning("scoring: skipping image %s (%s): %s", image.pk, image.file.name, exc)
+        return None
+
+
+def _describe(exc: Exception) -> str:
+    from classification.predictor import NoModelAvailable
+
+    if isinstance(exc, NoModelAvailable):
+        return str(exc)  # already in words for the user
+    return f"{type(exc).__name__}: {exc}"[:2000]
