@@ -8,6 +8,7 @@ from classification.api import PredictView
 from datasets.api import DatasetViewSet, ImageViewSet, ImportViewSet, LabelViewSet
 from datasets.labelling_api import LabelChangeViewSet
 from trainer.api import EvaluationViewSet, ModelVersionViewSet, TrainingJobViewSet
+from trainer.scoring_api import ScoringRunViewSet
 
 router = DefaultRouter()
 router.register("datasets", DatasetViewSet, basename="dataset")
@@ -18,6 +19,7 @@ router.register("imports", ImportViewSet, basename="import")
 router.register("jobs", TrainingJobViewSet, basename="job")
 router.register("models", ModelVersionViewSet, basename="model")
 router.register("evaluations", EvaluationViewSet, basename="evaluation")
+router.register("scoring-runs", ScoringRunViewSet, basename="scoring-run")
 
 urlpatterns = [
     path("predict/", PredictView.as_view(), name="api-predict"),
