@@ -11,7 +11,8 @@ COPY requirements.txt requirements-gpu.txt ./
 RUN pip install -r "$REQUIREMENTS"
 COPY . .
 RUN mkdir -p "$VAR_DIR" && chown -R app:app "$VAR_DIR" \
-    && DEBUG=true python manage.py collectstatic --noinput
+    && DEBUG=false SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(50))')" ALLOWED_HOSTS=build \
+       python manage.py collectstatic --noinput
 USER app
 EXPOSE 8000
 CMD ["gunicorn", "classifier_site.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3", "--threads", "4", "--access-logfile", "-"]
