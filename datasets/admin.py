@@ -1,6 +1,7 @@
 from django.contrib import admin
+from django.http import HttpRequest
 
-from datasets.models import Dataset, DatasetImport, Image, Label
+from datasets.models import Dataset, DatasetImport, Image, Label, LabelChange
 
 
 @admin.register(Dataset)
@@ -21,8 +22,10 @@ class ImageAdmin(admin.ModelAdmin):
     list_display = ["id", "dataset", "label", "split", "width", "height", "original_name"]
     list_filter = ["dataset", "split"]
     search_fields = ["original_name", "sha256"]
-    raw_id_fields = ["label"]
-    readonly_fields = ["sha256", "width", "height", "file"]
+    # Labels change only through datasets.labelling (the workbench, the API): history and locking.
+    readonly_fields = ["sha256", "width", "height", "file", "label", "label_version", "label_checked",
+                       "suggestion", "suggestion_confidence", "suggestion_margin", "suggestion_entropy",
+                       "suggestion_model"]  # fmt: skip
 
 
 @admin.register(DatasetImport)
@@ -30,3 +33,16 @@ class DatasetImportAdmin(admin.ModelAdmin):
     list_display = ["id", "dataset", "original_name", "status", "format", "created_at"]
     list_filter = ["status", "dataset"]
     readonly_fields = ["report", "error", "format", "processed", "total", "started_at", "finished_at"]
+
+
+@admin.register(LabelChange)
+class LabelChangeAdmin(admin.ModelAdmin):
+    list_display = ["id", "dataset", "image", "old_label", "new_label", "source", "user", "undone", "created_at"]
+    list_filter = ["dataset", "source"]
+    search_fields = ["old_label", "new_label", "user__username"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # history is written by the labelling service only
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

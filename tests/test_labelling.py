@@ -284,3 +284,13 @@ def test_labelling_endpoints_are_for_admins_only(member, small, path):
     client.force_authenticate(member)
     assert client.post(url, {}, format="json").status_code == 403
     assert client.get("/api/v1/label-changes/").status_code == 403
+
+
+def test_django_admin_shows_history_read_only_and_never_edits_labels(admin_client, small, admin_user):
+    [a] = _ids(small, label__isnull=True)[:1]
+    images_label_set(dataset=small, edits=[LabelEdit(a, "blue", 0)], user=admin_user, source="workbench")
+    assert "blue" in admin_client.get("/admin/datasets/labelchange/").content.decode()
+    assert admin_client.get("/admin/datasets/labelchange/add/").status_code == 403
+    assert admin_client.get("/admin/trainer/scoringrun/").status_code == 200
+    page = admin_client.get(f"/admin/datasets/image/{a}/change/").content.decode()
+    assert 'name="label"' not in page and "blue" in page
