@@ -1,12 +1,14 @@
 from django.urls import path
 
 from datasets import views
+from datasets.workbench_views import workbench_view
 
 app_name = "datasets"
 urlpatterns = [
     path("", views.dataset_list_view, name="list"),
     path("new/", views.dataset_create_view, name="create"),
     path("<int:pk>/", views.dataset_detail_view, name="detail"),
+    path("<int:pk>/label/", workbench_view, name="workbench"),
     path("<int:pk>/upload/", views.dataset_upload_view, name="upload"),
     path("<int:pk>/images/delete/", views.images_delete_view, name="images-delete"),
     path("imports/<int:pk>/", views.import_detail_view, name="import"),
