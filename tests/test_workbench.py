@@ -6,11 +6,14 @@ import re
 import time
 
 import pytest
+from django.utils.timezone import now
 
 from datasets.models import Dataset, Image, Label, Split
 from datasets.services import dataset_create, images_add
 from datasets.workbench_views import CLASS_KEYS, workbench_classes
+from tests.conftest import model_version_row
 from tests.images import colour_items
+from trainer.models import ScoringRun
 
 pytestmark = pytest.mark.django_db
 
@@ -140,9 +143,14 @@ def test_pagination_keeps_the_filter(admin_client, colour_dataset):
 
 def test_query_count_does_not_grow_with_the_page(admin_client, small, colour_dataset, django_assert_max_num_queries):
     Image.objects.filter(dataset=colour_dataset).update(suggestion="red", suggestion_confidence=0.8)
+    version = model_version_row(colour_dataset)
+    ScoringRun.objects.create(dataset=colour_dataset, model_version=version, status="succeeded", finished_at=now())
     for dataset in (small[0], colour_dataset):
-        with django_assert_max_num_queries(8):  # session, user, dataset, counts, unlabelled, page count, page
-            _get(admin_client, dataset, show="disagree", order="least_confidence")
+        # session, user, dataset, class counts, unlabelled, page count, page, latest scoring run
+        with django_assert_max_num_queries(8):
+            page = _get(admin_client, dataset, show="disagree", order="least_confidence")
+    assert f'Suggestions from <a href="/models/{version.pk}/">{version.name}</a>' in page
+    assert "Score with the promoted model" in page
 
 
 def test_class_names_are_escaped(admin_client, small):
