@@ -76,7 +76,8 @@ class Image(models.Model):
         constraints = [models.UniqueConstraint(fields=["dataset", "sha256"], name="image_unique_content_per_dataset")]
         indexes = [
             models.Index(fields=["dataset", "split"]),
-            models.Index(fields=["dataset", "label"]),
+            # Covers the per-class, per-split counts every dataset page shows (no table reads).
+            models.Index(fields=["dataset", "label", "split"], name="image_dataset_label_split"),
             models.Index(fields=["dataset", "suggestion_confidence"]),
         ]
 
