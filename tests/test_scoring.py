@@ -287,3 +287,29 @@ def test_the_status_partial_polls_while_running_and_names_the_model_when_done(
     outside = admin_client.get(f"/models/score/runs/{run.pk}/?next=https://elsewhere.example/").content.decode()
     assert f'value="/datasets/{colour_dataset.pk}/"' in outside
     assert member_client.get(url).status_code == 302
+
+
+@pytest.mark.worker
+def test_a_real_worker_scores_then_the_review_queue_finds_a_planted_label_error(celery_worker_process, trained_version):
+    """End to end: queue a run, a real Celery worker process scores the dataset, and an
+    image given a wrong label shows up in the workbench's review queue."""
+    import time
+
+    from django.db import transaction
+
+    from datasets.selectors import workbench_images
+
+    dataset = trained_version.dataset
+    red = Image.objects.filter(dataset=dataset, label__name="red").first()
+    Image.objects.filter(pk=red.pk).update(label=dataset.labels.get(name="blue"))  # a planted label error
+    with transaction.atomic():
+        run = scoring_start(dataset=dataset)
+    deadline = time.monotonic() + 120
+    while not run.is_finished and time.monotonic() < deadline:
+        time.sleep(0.5)
+        run.refresh_from_db()
+    assert run.status == "succeeded", run.error or celery_worker_process.log_path.read_text()[-3000:]
+    assert run.processed == run.total == dataset.images.count()
+    red.refresh_from_db()
+    assert red.suggestion == "red" and red.suggestion_confidence >= 0.9, red.suggestion_confidence
+    assert red.pk in set(workbench_images(dataset=dataset, show="review").values_list("pk", flat=True))
