@@ -214,3 +214,24 @@ def test_a_stale_change_shows_the_conflict_and_overwrites_nothing(
     _settled(mine)
     assert _labels([ids[0]]) == ["green"]
     assert "wb-conflict" not in tile.get_attribute("class")
+
+
+def test_next_page_after_labelling_the_unlabelled_skips_nothing(live_server, admin_user, unlabelled, browser,  # noqa: F811
+                                                                 monkeypatch):  # fmt: skip
+    """Labelled images leave the "unlabelled" filter: PageDown must show the very next
+    unlabelled images, not page 2 of what is left (which would skip six)."""
+    monkeypatch.setattr("datasets.workbench_views.WORKBENCH_PAGE_SIZE", 6)
+    ids = _ids(unlabelled)
+    page = _open(browser, live_server, unlabelled, query="?show=unlabelled")
+    for _ in range(6):
+        page.keyboard.press("1")
+    _settled(page)
+    page.wait_for_function("() => document.getElementById('wb-status').textContent.includes('Page done')")
+    page.keyboard.press("PageDown")
+    page.wait_for_function(f"() => document.querySelector('.wb-tile').dataset.id === '{ids[6]}'")
+    shown = page.evaluate("() => [...document.querySelectorAll('.wb-tile')].map(t => +t.dataset.id)")
+    assert shown == ids[6:12]
+    assert _labels(ids[:6]) == ["blue"] * 6
+    page.keyboard.press("PageDown")  # nothing saved on this page yet: the pager's next page
+    page.wait_for_url("**page=2**")
+    assert page.evaluate("() => +document.querySelector('.wb-tile').dataset.id") == ids[12]

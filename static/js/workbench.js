@@ -20,6 +20,10 @@
   let anchor = 0;
   let queue = Promise.resolve();
   let pending = 0;
+  let saved = false;  // a change on this page was saved
+  // Labelling takes images out of these filters, so after changes the next images are
+  // on this same page number: "next page" reloads it instead of skipping a page.
+  const SHRINKING = ["unlabelled", "review", "disagree"];
 
   // --- focus and selection --------------------------------------------------------
 
@@ -218,7 +222,8 @@
       return changes.length ? { changes: changes, source: "workbench" } : null;
     }, function (data) {
       data.images.forEach(applyServer);
-      say((action || "Saved") + ": " + describe(data.images));
+      saved = true;
+      say((action || "Saved") + ": " + describe(data.images) + (pageDone() ? ". Page done: PageDown for the next images." : ""));
     });
   }
 
@@ -241,6 +246,22 @@
     if (!chosen.length) { say("No suggestion to accept here.", "error"); return; }
     assign(chosen, function (tile) { return tile.dataset.suggestion; }, "Accepted");
     afterAssign(chosen);
+  }
+
+  // Every tile labelled, or the last one labelled and focused: time for the next page.
+  function pageDone() {
+    const last = tiles[tiles.length - 1];
+    return tiles.every(function (t) { return t.dataset.label; }) ||
+      (document.activeElement === last && last.dataset.label !== "");
+  }
+
+  // Where PageDown / PageUp (and the pager's links) go, once every change is saved.
+  function turnPage(step, href) {
+    const link = document.querySelector(".pager a[rel=" + (step > 0 ? "next" : "prev") + "]");
+    const reload = step > 0 && saved && SHRINKING.includes(config.filter.show);
+    const target = reload ? window.location.href : href || (link && link.href);
+    if (!target) { say(step > 0 ? "This is the last page." : "This is the first page."); return; }
+    queue.then(function () { window.location.href = target; });
   }
 
   function undo() {
@@ -298,6 +319,9 @@
       event.preventDefault();
       select(tiles[focusIndex], !isSelected(tiles[focusIndex]));
       anchor = focusIndex;
+    } else if (key === "PageDown" || key === "PageUp") {
+      event.preventDefault();
+      turnPage(key === "PageDown" ? 1 : -1);
     } else if (key === "Escape") {
       clearSelection();
     } else if (key === "Enter") {
@@ -354,6 +378,9 @@
     if (event.key === "Enter") { event.preventDefault(); addClass(); }
   });
   document.getElementById("wb-accept").addEventListener("click", acceptForFilter);
+  document.querySelectorAll(".pager a[rel=next]").forEach(function (link) {
+    link.addEventListener("click", function (event) { event.preventDefault(); turnPage(1, link.href); });
+  });
 
   // The scoring card (htmx) announces new suggestions; reloading now would drop the
   // focus and selection, so say so and let the person choose when.
