@@ -4,19 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('datasets', '0004_labelling_workbench'),
-        ('trainer', '0005_scoring_runs'),
+        ("datasets", "0004_labelling_workbench"),
+        ("trainer", "0005_scoring_runs"),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name='image',
-            name='datasets_im_dataset_d7e5c8_idx',
+            model_name="image",
+            name="datasets_im_dataset_d7e5c8_idx",
         ),
         migrations.AddIndex(
-            model_name='image',
-            index=models.Index(fields=['dataset', 'label', 'split'], name='image_dataset_label_split'),
+            model_name="image",
+            index=models.Index(fields=["dataset", "label", "split"], name="image_dataset_label_split"),
         ),
     ]
