@@ -355,7 +355,8 @@ class Site:
         # No control socket: its default path in ~ is shared with any other gunicorn on the machine.
         command = [str(gunicorn), "classifier_site.wsgi", "--bind", f"127.0.0.1:{self.port}",
                    "--workers", str(self.args.workers), "--threads", str(self.args.threads),
-                   "--worker-class", "gthread" if self.args.threads > 1 else "sync", "--no-control-socket",
+                   "--worker-class", self.args.worker_class or ("gthread" if self.args.threads > 1 else "sync"),
+                   "--no-control-socket",
                    "--timeout", "120", "--graceful-timeout", "5", "--log-level", "info"]  # fmt: skip
         with self.log.open("wb") as log:  # the first prediction in a worker imports TensorFlow: a long timeout
             self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
@@ -643,7 +644,8 @@ def honoured(name: str) -> str:
 def machine_line(args: argparse.Namespace, setup: dict[str, Any]) -> str:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())  # fmt: skip
-    mode = f"gthread {args.workers}x{args.threads}" if args.threads > 1 else f"sync x{args.workers}"
+    kind = args.worker_class or ("gthread" if args.threads > 1 else "sync")
+    mode = f"{kind} {args.workers}x{args.threads}"
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"machine: {os.cpu_count()} cores ({model}), load average {load}; Python {platform.python_version()}, "
             f"TensorFlow {setup['tensorflow']}; gunicorn {mode} workers")  # fmt: skip
@@ -674,6 +676,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="requests per measured phase (default 2000)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="threads per worker; > 1 uses gthread (default 1)")
+    parser.add_argument(
+        "--worker-class", default="", help="gunicorn worker class (default: sync, gthread with --threads)"
+    )
     parser.add_argument("--tf-threads", type=int, default=1, help="PREDICT_TF_THREADS for the site (0: unset)")
     parser.add_argument("--promotions", type=int, default=5, help="promotions during the loaded run (odd)")
     parser.add_argument("--requests-224", type=int, default=500, help="requests of the 224 px phase")
