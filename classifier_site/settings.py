@@ -180,7 +180,7 @@ PREDICT_ALLOW_ANONYMOUS = env.bool("PREDICT_ALLOW_ANONYMOUS", default=False)
 PREDICT_THROTTLE_RATE = env.str("PREDICT_THROTTLE_RATE", default="1200/min")
 PREDICT_ANON_THROTTLE_RATE = env.str("PREDICT_ANON_THROTTLE_RATE", default="60/min")
 # How often (seconds) a serving process checks which version is promoted.
-PREDICT_RELOAD_SECONDS = env.float("PREDICT_RELOAD_SECONDS", default=1.0)
+PREDICT_RELOAD_SECONDS = env.float("PREDICT_RELOAD_SECONDS", default=0.5)
 # TensorFlow threads per serving process. Web servers run a process per core, and one
 # small image is no work to split: 1 thread answered faster than TensorFlow's default
 # (all cores) here. 0 restores that default, for one process serving a large model.
