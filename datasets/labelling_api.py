@@ -4,9 +4,8 @@ The workbench page calls these same endpoints, so the page and API clients share
 set of rules (datasets.labelling): a stale `version` gets 409 and changes nothing.
 """
 
-from typing import Any
-
 from django.db.models import QuerySet
+from django.http import Http404
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
 from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -22,7 +21,7 @@ from datasets.labelling import (
     suggestions_accept,
 )
 from datasets.models import ChangeSource, Dataset, LabelChange
-from datasets.selectors import WORKBENCH_SHOWS, workbench_images
+from datasets.selectors import WORKBENCH_SHOWS, dataset_get, workbench_images
 
 # The most images one request may change: a page of the workbench is 60, a bulk
 # script can send this many per call (accept-suggestions has no such limit).
@@ -111,7 +110,12 @@ def _bad(exc: ValueError) -> Response:
 class LabellingActions:
     """Actions on /api/v1/datasets/{id}/ (mixed into DatasetViewSet)."""
 
-    get_object: Any
+    def dataset(self, request: Request, pk: str | None) -> Dataset:
+        """The dataset without the list's image and class counts: a key press must not
+        count 60,000 images (get_object would, through the viewset's queryset)."""
+        if not (pk or "").isdigit():
+            raise Http404("No such dataset.")
+        return dataset_get(user=request.user, pk=int(pk or 0))
 
     @extend_schema(
         summary="Set the labels of many images at once",
@@ -125,7 +129,10 @@ class LabellingActions:
         edits = [LabelEdit(c["image"], c["label"], c.get("version")) for c in incoming.validated_data["changes"]]
         try:
             result = images_label_set(
-                dataset=self.get_object(), edits=edits, user=request.user, source=incoming.validated_data["source"]
+                dataset=self.dataset(request, pk),
+                edits=edits,
+                user=request.user,
+                source=incoming.validated_data["source"],
             )
         except LabelConflict as exc:
             return conflict_response(exc)
@@ -141,7 +148,7 @@ class LabellingActions:
     @action(detail=True, methods=["post"])
     def undo(self, request: Request, pk: str | None = None) -> Response:
         try:
-            result = label_change_undo(dataset=self.get_object(), user=request.user)
+            result = label_change_undo(dataset=self.dataset(request, pk), user=request.user)
         except LabelConflict as exc:
             return conflict_response(exc)
         except ValueError as exc:
@@ -158,7 +165,7 @@ class LabellingActions:
         incoming = AcceptRequestSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         data = incoming.validated_data
-        dataset: Dataset = self.get_object()
+        dataset = self.dataset(request, pk)
         images = workbench_images(dataset=dataset, show=data["show"], label=data["label"], split=data["split"])
         try:
             result = suggestions_accept(images=images, min_confidence=data["min_confidence"], user=request.user)
