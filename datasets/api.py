@@ -15,7 +15,7 @@ from rest_framework.response import Response
 
 from classifier_site.permissions import admin_user
 from classifier_site.uploads import payload_too_large, too_large
-from datasets.labelling import LabelConflict, image_label_set
+from datasets.labelling import LabelConflict, image_label_set, label_delete, label_merge
 from datasets.labelling_api import LabellingActions, conflict_response
 from datasets.models import ChangeSource, Dataset, DatasetImport, Image, Label
 from datasets.selectors import WORKBENCH_ORDERS, dataset_class_counts, dataset_list, workbench_ordering
@@ -27,8 +27,6 @@ from datasets.services import (
     import_create_from_files,
     import_progress_key,
     import_retry,
-    label_delete,
-    label_merge,
     label_rename,
 )
 
@@ -183,7 +181,7 @@ class LabelViewSet(viewsets.ModelViewSet):
             raise serializers.ValidationError({"name": str(exc)}) from exc
 
     def perform_destroy(self, instance: Label) -> None:
-        label_delete(label=instance)
+        label_delete(label=instance, user=self.request.user)
 
     @extend_schema(request=MergeSerializer, responses=LabelSerializer)
     @action(detail=True, methods=["post"])
@@ -191,7 +189,7 @@ class LabelViewSet(viewsets.ModelViewSet):
         incoming = MergeSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         try:
-            target = label_merge(source=self.get_object(), target=incoming.validated_data["into"])
+            target = label_merge(source=self.get_object(), target=incoming.validated_data["into"], user=request.user)
         except ValueError as exc:
             return Response({"detail": str(exc)}, status.HTTP_400_BAD_REQUEST)
         return Response(LabelSerializer(target).data)

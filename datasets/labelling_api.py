@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from datasets.labelling import (
+    Conflict,
     LabelConflict,
     LabelEdit,
     LabelSetResult,
@@ -20,16 +21,19 @@ from datasets.labelling import (
     label_change_undo,
     suggestions_accept,
 )
-from datasets.models import ChangeSource, Dataset, LabelChange
-from datasets.selectors import WORKBENCH_SHOWS, dataset_get, workbench_images
+from datasets.models import ChangeSource, Dataset, LabelChange, Split
+from datasets.selectors import WORKBENCH_SHOWS, dataset_get, is_id, workbench_images
 
 # The most images one request may change: a page of the workbench is 60, a bulk
 # script can send this many per call (accept-suggestions has no such limit).
 MAX_CHANGES = 5000
 
 
+MAX_ID = 2**63 - 1  # the largest id a database column holds
+
+
 class LabelChangeInSerializer(serializers.Serializer):
-    image = serializers.IntegerField(min_value=1)
+    image = serializers.IntegerField(min_value=1, max_value=MAX_ID)
     label = serializers.CharField(allow_null=True, allow_blank=True, max_length=200,
                                   help_text="A class name (a new name creates the class); null unlabels.")  # fmt: skip
     version = serializers.IntegerField(
@@ -57,11 +61,16 @@ class LabelResultSerializer(serializers.Serializer):
 
 
 class ConflictSerializer(serializers.Serializer):
+    deleted = serializers.BooleanField(help_text="The image was deleted meanwhile.")
     image = serializers.IntegerField()
     label = serializers.CharField(allow_null=True, help_text="The image's class now.")
     version = serializers.IntegerField(help_text="Its label_version now: retry with this one.")
     changed_by = serializers.CharField(allow_null=True)
     changed_at = serializers.DateTimeField(allow_null=True)
+
+
+class UndoResultSerializer(LabelResultSerializer):
+    kept = ConflictSerializer(many=True, help_text="Images of the batch someone else changed since: left as they are.")
 
 
 class ConflictResponseSerializer(serializers.Serializer):
@@ -72,8 +81,10 @@ class ConflictResponseSerializer(serializers.Serializer):
 class AcceptRequestSerializer(serializers.Serializer):
     min_confidence = serializers.FloatField(min_value=0, max_value=1, help_text="0..1, e.g. 0.9 for 90%.")
     show = serializers.ChoiceField(choices=[v for v, _ in WORKBENCH_SHOWS], default="all")
-    label = serializers.CharField(required=False, default="", allow_blank=True, help_text="A class id to filter on.")
-    split = serializers.CharField(required=False, default="", allow_blank=True)
+    # Strict, unlike the page's lenient filters: a mistyped filter must not widen a bulk write.
+    label = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1, max_value=MAX_ID,
+                                     help_text="Only images of this class (its id).")  # fmt: skip
+    split = serializers.ChoiceField(choices=["", *Split.values], required=False, default="")
 
 
 class AcceptResultSerializer(serializers.Serializer):
@@ -92,15 +103,18 @@ _CONFLICT = OpenApiResponse(
 )  # fmt: skip
 
 
-def _result(result: LabelSetResult) -> Response:
+def _result(result: LabelSetResult, **extra: object) -> Response:
     images = [{"id": i.id, "label": i.label, "version": i.version} for i in result.images]
-    return Response({"batch": result.batch, "images": images})
+    return Response({"batch": result.batch, "images": images, **extra})
+
+
+def _conflict_json(conflicts: list[Conflict]) -> list[dict[str, object]]:
+    return [{"image": c.image_id, "label": c.label, "version": c.version, "changed_by": c.changed_by,
+             "changed_at": c.changed_at, "deleted": c.deleted} for c in conflicts]  # fmt: skip
 
 
 def conflict_response(exc: LabelConflict) -> Response:
-    conflicts = [{"image": c.image_id, "label": c.label, "version": c.version, "changed_by": c.changed_by,
-                  "changed_at": c.changed_at} for c in exc.conflicts]  # fmt: skip
-    return Response({"detail": str(exc), "conflicts": conflicts}, status.HTTP_409_CONFLICT)
+    return Response({"detail": str(exc), "conflicts": _conflict_json(exc.conflicts)}, status.HTTP_409_CONFLICT)
 
 
 def _bad(exc: ValueError) -> Response:
@@ -113,9 +127,9 @@ class LabellingActions:
     def dataset(self, request: Request, pk: str | None) -> Dataset:
         """The dataset without the list's image and class counts: a key press must not
         count 60,000 images (get_object would, through the viewset's queryset)."""
-        if not (pk or "").isdigit():
+        if pk is None or not is_id(pk):
             raise Http404("No such dataset.")
-        return dataset_get(user=request.user, pk=int(pk or 0))
+        return dataset_get(user=request.user, pk=int(pk))
 
     @extend_schema(
         summary="Set the labels of many images at once",
@@ -143,7 +157,15 @@ class LabellingActions:
     @extend_schema(
         summary="Undo your last label change in this dataset",
         request=None,
-        responses={200: LabelResultSerializer, 409: _CONFLICT, 400: OpenApiResponse(description="Nothing to undo")},
+        responses={
+            200: UndoResultSerializer,
+            409: OpenApiResponse(
+                ConflictResponseSerializer,
+                "Everyone of the batch's images was changed since by someone "
+                "else: nothing undone; the next undo goes further back.",
+            ),
+            400: OpenApiResponse(description="Nothing to undo"),
+        },
     )
     @action(detail=True, methods=["post"])
     def undo(self, request: Request, pk: str | None = None) -> Response:
@@ -153,7 +175,7 @@ class LabellingActions:
             return conflict_response(exc)
         except ValueError as exc:
             return _bad(exc)
-        return _result(result)
+        return _result(result, kept=_conflict_json(result.kept))
 
     @extend_schema(
         summary="Accept the model's suggestions above a confidence",
@@ -166,11 +188,16 @@ class LabellingActions:
         incoming.is_valid(raise_exception=True)
         data = incoming.validated_data
         dataset = self.dataset(request, pk)
-        images = workbench_images(dataset=dataset, show=data["show"], label=data["label"], split=data["split"])
+        if data["label"] is not None and not dataset.labels.filter(pk=data["label"]).exists():
+            return Response({"label": [f"No class {data['label']} in {dataset.name}."]}, status.HTTP_400_BAD_REQUEST)
+        label = "" if data["label"] is None else str(data["label"])
+        images = workbench_images(dataset=dataset, show=data["show"], label=label, split=data["split"])
         try:
             result = suggestions_accept(images=images, min_confidence=data["min_confidence"], user=request.user)
         except LabelConflict as exc:
             return conflict_response(exc)
+        except ValueError as exc:
+            return _bad(exc)
         return Response({"batch": result.batch, "accepted": result.count})
 
 

@@ -92,6 +92,7 @@ class ChangeSource(models.TextChoices):
     REVIEW = "review", "Review queue"
     REPORT = "report", "Evaluation report"
     CORRECTION = "correction", "Prediction correction"
+    CLASS = "class", "Class merged or deleted"
     UNDO = "undo", "Undo"
 
 
@@ -99,7 +100,9 @@ class LabelChange(models.Model):
     """One image's label going from one class to another: who, when, from where.
 
     Changes made together (a bulk assign, an accept-suggestions) share a `batch`, and
-    undo reverts a whole batch. Names are copied so history survives a class's deletion.
+    undo reverts a whole batch. Names are copied so history survives a class's deletion;
+    undo restores the class by id (so a renamed class stays one class) and the image's
+    review flags as they were.
     """
 
     dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="label_changes")
@@ -107,15 +110,20 @@ class LabelChange(models.Model):
     batch = models.UUIDField(db_index=True)
     old_label = models.CharField(max_length=200, blank=True)  # "" is unlabelled
     new_label = models.CharField(max_length=200, blank=True)
+    # The class undo goes back to; NULL once deleted (then undo leaves the image as it is).
+    old_class = models.ForeignKey(Label, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    old_needs_review = models.BooleanField(default=False)
+    old_label_checked = models.BooleanField(default=False)
     version = models.PositiveIntegerField()  # the image's label_version after this change
     source = models.CharField(max_length=12, choices=ChangeSource.choices)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    # No longer in effect: undone, or overwritten by someone else before its author undid it.
     undone = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-id"]
-        indexes = [models.Index(fields=["dataset", "user", "-id"])]
+        indexes = [models.Index(fields=["dataset", "user", "-id"]), models.Index(fields=["image", "-id"])]
 
     def __str__(self) -> str:
         return f"{self.image_id}: {self.old_label or '—'} → {self.new_label or '—'}"

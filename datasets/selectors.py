@@ -13,6 +13,11 @@ from classifier_site.permissions import is_admin
 from datasets.models import Dataset, DatasetImport, Image, Label, LabelChange, Split
 
 
+def is_id(text: str) -> bool:
+    """Digits a database id can hold (not "²", which isdigit() accepts, nor 20 digits)."""
+    return text.isascii() and text.isdigit() and len(text) < 19
+
+
 def dataset_list(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[Dataset]:
     """Datasets the user may see: admins see all, others none."""
     if not is_admin(user):
@@ -85,7 +90,7 @@ class Snapshot:
 def dataset_find(reference: str) -> Dataset | None:
     """A dataset by name or, failing that, by id (how commands name one)."""
     dataset = Dataset.objects.filter(name=reference).first()
-    if dataset is None and reference.isdigit():
+    if dataset is None and is_id(reference):
         dataset = Dataset.objects.filter(pk=int(reference)).first()
     return dataset
 
@@ -115,7 +120,7 @@ def image_list(
         images = images.filter(needs_review=True)
     if unlabelled:
         images = images.filter(label__isnull=True)
-    elif label.isdigit():
+    elif is_id(label):
         images = images.filter(label_id=int(label))
     if split in Split.values:
         images = images.filter(split=split)
@@ -232,7 +237,7 @@ def workbench_images(
     }
     if show in filters:
         images = images.filter(filters[show])
-    if label.isdigit():
+    if is_id(label):
         images = images.filter(label_id=int(label))
     if split in Split.values:
         images = images.filter(split=split)

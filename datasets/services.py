@@ -467,24 +467,6 @@ def label_rename(*, label: Label, name: str) -> Label:
     return label
 
 
-def label_merge(*, source: Label, target: Label) -> Label:
-    """Move every image of `source` into `target`, then remove `source`."""
-    if source.dataset_id != target.dataset_id or source.pk == target.pk:
-        raise ValueError("Merge two different classes of the same dataset.")
-    with transaction.atomic():
-        Image.objects.filter(label=source).update(label=target)
-        source.delete()
-    return target
-
-
-def label_delete(*, label: Label) -> int:
-    """Remove a class; its images stay, unlabelled. Returns how many images that was."""
-    with transaction.atomic():
-        count = Image.objects.filter(label=label).update(label=None)
-        label.delete()
-    return count
-
-
 def images_delete(*, dataset: Dataset, ids: Iterable[int]) -> int:
     """Delete images of `dataset` (ids of others are ignored) and, once committed, their files."""
     images = Image.objects.filter(dataset=dataset, pk__in=list(ids))

@@ -16,6 +16,7 @@ from django.views.decorators.http import require_POST
 from classifier_site.permissions import admin_user
 from classifier_site.uploads import limit_upload
 from datasets.forms import DatasetForm, LabelMergeForm, LabelRenameForm, UploadForm
+from datasets.labelling import label_delete, label_merge
 from datasets.selectors import (
     dataset_class_counts,
     dataset_get,
@@ -26,6 +27,7 @@ from datasets.selectors import (
     image_get,
     image_list,
     import_get,
+    is_id,
     label_get,
 )
 from datasets.services import (
@@ -35,8 +37,6 @@ from datasets.services import (
     import_is_stale,
     import_progress_key,
     import_retry,
-    label_delete,
-    label_merge,
     label_rename,
 )
 
@@ -150,7 +150,7 @@ def import_retry_view(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def images_delete_view(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = dataset_get(user=request.user, pk=pk)
-    ids = [int(i) for i in request.POST.getlist("image") if i.isdigit()]
+    ids = [int(i) for i in request.POST.getlist("image") if is_id(i)]
     count = images_delete(dataset=dataset, ids=ids)
     messages.success(request, f"Deleted {count} images.")
     return redirect(f"{reverse('datasets:detail', args=[dataset.pk])}?{request.POST.get('query', '')}")
@@ -167,11 +167,11 @@ def label_edit_view(request: HttpRequest, pk: int) -> HttpResponse:
             messages.success(request, f"Renamed to {label.name!r}.")
             return redirect("datasets:detail", pk=label.dataset_id)
         if merge.is_valid():
-            target = label_merge(source=label, target=merge.cleaned_data["into"])
+            target = label_merge(source=label, target=merge.cleaned_data["into"], user=request.user)
             messages.success(request, f"Merged into {target.name!r}.")
             return redirect("datasets:detail", pk=label.dataset_id)
         if request.method == "POST" and "delete" in request.POST:
-            count = label_delete(label=label)
+            count = label_delete(label=label, user=request.user)
             messages.success(request, f"Class deleted; its {count} images are now unlabelled.")
             return redirect("datasets:detail", pk=label.dataset_id)
     except ValueError as exc:

@@ -22,6 +22,7 @@ from datasets.selectors import (
     dataset_class_counts,
     dataset_get,
     dataset_unlabelled_count,
+    is_id,
     workbench_images,
 )
 from trainer.scoring import scoring_latest
@@ -87,7 +88,7 @@ def _config(pk: int, classes: list[WorkbenchClass], filters: dict[str, str]) -> 
         # As the accept-suggestions action reads it: an unknown `show` is "all", as the page shows.
         "filter": {
             "show": filters["show"] if filters["show"] in dict(WORKBENCH_SHOWS) else "all",
-            "label": filters["label"],
-            "split": filters["split"],
+            "label": int(filters["label"]) if is_id(filters["label"]) else None,
+            "split": filters["split"] if filters["split"] in Split.values else "",
         },
     }

@@ -216,6 +216,32 @@ def test_a_stale_change_shows_the_conflict_and_overwrites_nothing(
     assert "wb-conflict" not in tile.get_attribute("class")
 
 
+def test_a_key_pressed_before_the_conflict_arrived_is_dropped(live_server, admin_user, django_user_model, unlabelled,
+                                                              browser):  # noqa: F811  # fmt: skip
+    """Two quick presses on a tile a colleague changed: the first gets 409; the second,
+    queued behind it, must not go out with the version the 409 brought (the person
+    never saw the colleague's label)."""
+    from datasets.labelling import LabelEdit, images_label_set
+
+    alice = django_user_model.objects.create_superuser("alice", "alice@example.com", "alice-pass-123")
+    ids = _ids(unlabelled)
+    page = _open(browser, live_server, unlabelled)
+    images_label_set(dataset=unlabelled, edits=[LabelEdit(ids[0], "red", 0)], user=alice, source="workbench")
+    held: list = []
+    page.route("**/label/", lambda route: route.continue_() if held else held.append(route))  # hold the first
+    page.keyboard.press("1")
+    page.wait_for_function("() => document.getElementById('wb-grid').dataset.pending === '1'")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("2")  # queued behind the held request
+    page.wait_for_timeout(100)
+    assert len(held) == 1
+    held[0].continue_()
+    _settled(page)
+    assert "changed to red by alice" in page.inner_text("#wb-status")
+    assert _labels([ids[0]]) == ["red"]  # neither press overwrote alice's label
+    assert LabelChange.objects.filter(image_id=ids[0]).count() == 1
+
+
 def test_next_page_after_labelling_the_unlabelled_skips_nothing(live_server, admin_user, unlabelled, browser,  # noqa: F811
                                                                  monkeypatch):  # fmt: skip
     """Labelled images leave the "unlabelled" filter: PageDown must show the very next

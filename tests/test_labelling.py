@@ -12,6 +12,8 @@ from datasets.labelling import (
     image_add_correction,
     images_label_set,
     label_change_undo,
+    label_delete,
+    label_merge,
     suggestions_accept,
 )
 from datasets.models import ChangeSource, Dataset, Image, LabelChange
@@ -107,15 +109,62 @@ def test_undo_reverts_the_users_last_batch_then_the_one_before(small, admin_user
     assert LabelChange.objects.filter(source=ChangeSource.UNDO).count() == 3
 
 
-def test_undo_refuses_to_overwrite_a_colleagues_later_change(small, admin_user, django_user_model):
+def test_undo_never_overwrites_a_colleagues_later_change_and_never_sticks(small, admin_user, django_user_model):
     alice = django_user_model.objects.create_user("alice", password="x")
-    [a] = _ids(small, label__isnull=True)[:1]
-    images_label_set(dataset=small, edits=[LabelEdit(a, "red", 0)], user=admin_user, source="workbench")
+    a, b, c = _ids(small, label__isnull=True)[:3]
+    images_label_set(dataset=small, edits=[LabelEdit(c, "blue", 0)], user=admin_user, source="workbench")
+    images_label_set(dataset=small, edits=[LabelEdit(a, "red", 0), LabelEdit(b, "red", 0)], user=admin_user,
+                     source="workbench")  # fmt: skip
     images_label_set(dataset=small, edits=[LabelEdit(a, "green", 1)], user=alice, source="workbench")
-    with pytest.raises(LabelConflict, match="changed to green by alice"):
+    undone = label_change_undo(dataset=small, user=admin_user)  # b is reverted, a keeps alice's label
+    assert [i.id for i in undone.images] == [b] and [(k.image_id, k.changed_by) for k in undone.kept] == [(a, "alice")]
+    assert (_label(a), _label(b)) == ("green", None)
+    images_label_set(dataset=small, edits=[LabelEdit(c, "green", 1)], user=alice, source="workbench")
+    with pytest.raises(LabelConflict, match=r"Not undone: image .* changed to green by alice"):
+        label_change_undo(dataset=small, user=admin_user)  # c's only change is overwritten
+    assert _label(c) == "green"
+    with pytest.raises(ValueError, match="Nothing to undo"):  # not stuck on that batch: it is no longer in effect
         label_change_undo(dataset=small, user=admin_user)
-    assert _label(a) == "green"
-    assert not LabelChange.objects.filter(undone=True).exists()
+
+
+def test_undo_twice_on_the_same_image_walks_back_and_restores_the_review_flags(small, admin_user):
+    [red] = _ids(small, label__name="red")[:1]
+    Image.objects.filter(pk=red).update(needs_review=True)
+    images_label_set(dataset=small, edits=[LabelEdit(red, "green", 0)], user=admin_user, source="review")
+    images_label_set(dataset=small, edits=[LabelEdit(red, "blue", 1)], user=admin_user, source="workbench")
+    label_change_undo(dataset=small, user=admin_user)
+    assert _label(red) == "green"
+    label_change_undo(dataset=small, user=admin_user)
+    image = Image.objects.get(pk=red)
+    assert (image.label.name, image.needs_review, image.label_checked) == ("red", True, False)  # back in the queue
+    assert red in set(workbench_images(dataset=small, show="review").values_list("pk", flat=True))
+
+
+def test_undo_follows_a_renamed_class_and_leaves_images_of_a_deleted_one(small, admin_user):
+    from datasets.services import label_rename
+
+    a, b = _ids(small, label__name="red")
+    images_label_set(dataset=small, edits=[LabelEdit(a, "green", 0)], user=admin_user, source="workbench")
+    label_rename(label=small.labels.get(name="red"), name="crimson")
+    label_change_undo(dataset=small, user=admin_user)
+    assert _label(a) == "crimson" and not small.labels.filter(name="red").exists()
+    images_label_set(dataset=small, edits=[LabelEdit(b, "green", 0)], user=admin_user, source="workbench")
+    label_delete(label=small.labels.get(name="crimson"), user=admin_user)  # a is unlabelled by the deletion
+    with pytest.raises(LabelConflict):
+        label_change_undo(dataset=small, user=admin_user)  # the deletion's own batch is in effect: not undone
+    assert not small.labels.filter(name="crimson").exists()
+
+
+def test_merge_and_delete_move_versions_on_and_write_history(small, admin_user):
+    red, green = small.labels.get(name="red"), small.labels.get(name="green")
+    a = _ids(small, label=red)[0]
+    label_merge(source=red, target=green, user=admin_user)
+    assert (_label(a), Image.objects.get(pk=a).label_version) == ("green", 1)
+    assert LabelChange.objects.get(image_id=a).source == "class"
+    with pytest.raises(LabelConflict):  # a page that still shows "red" at version 0
+        images_label_set(dataset=small, edits=[LabelEdit(a, "blue", 0)], user=admin_user, source="workbench")
+    assert label_delete(label=green, user=admin_user) == 4
+    assert _label(a) is None and LabelChange.objects.filter(source="class").count() == 6
 
 
 def _suggest(pk: int, name: str, confidence: float, margin: float = 0.1, entropy: float = 1.0) -> None:
@@ -310,3 +359,88 @@ def test_a_key_press_counts_nothing_and_costs_a_few_queries(api, small):
     assert not [q["sql"] for q in queries if "COUNT(" in q["sql"].upper()]
     missing = api.post("/api/v1/datasets/999999/label/", {"changes": [{"image": a, "label": "red"}]}, format="json")
     assert missing.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"min_confidence": 0.9, "label": "red"}, "valid integer"),  # a class name is not a class id
+        ({"min_confidence": 0.9, "split": "validation"}, "not a valid choice"),
+        ({"min_confidence": 0.9, "label": 10**6}, "No class 1000000"),
+        ({"min_confidence": 0.9, "show": "everything"}, "not a valid choice"),
+    ],
+)
+def test_accept_suggestions_refuses_a_filter_it_does_not_understand(api, small, body, message):
+    """A mistyped filter must never widen a bulk write to the whole dataset."""
+    for pk in _ids(small):
+        _suggest(pk, "blue", 0.99)
+    response = api.post(f"/api/v1/datasets/{small.pk}/accept-suggestions/", body, format="json")
+    assert response.status_code == 400 and message in response.content.decode()
+    assert not LabelChange.objects.exists()
+    red = small.labels.get(name="red")
+    expected = len(_ids(small, label=red, split="train"))
+    ok = api.post(f"/api/v1/datasets/{small.pk}/accept-suggestions/", {"min_confidence": 0.9, "label": red.pk,
+                                                                         "split": "train"}, format="json")  # fmt: skip
+    assert ok.json()["accepted"] == expected
+
+
+@pytest.mark.parametrize(
+    "url, body",
+    [
+        ("/api/v1/datasets/²/label/", {"changes": [{"image": 1, "label": "x"}]}),
+        ("/api/v1/datasets/²/accept-suggestions/", {"min_confidence": 0.9}),
+        ("/api/v1/datasets/99999999999999999999999/undo/", {}),
+    ],
+)
+def test_odd_dataset_ids_are_404_never_500(api, small, url, body):
+    assert api.post(url, body, format="json").status_code == 404
+
+
+def test_bad_label_requests_never_500(api, small, admin_client):
+    url = f"/api/v1/datasets/{small.pk}/label/"
+    [a] = _ids(small, label__isnull=True)[:1]
+    huge = api.post(url, {"changes": [{"image": 10**30, "label": "x"}]}, format="json")
+    assert huge.status_code == 400 and "less than or equal to" in huge.content.decode()
+    blank = api.post(url, {"changes": [{"image": a, "label": "   ", "version": 0}]}, format="json")
+    assert blank.status_code == 400 and "1 to 200 characters" in blank.json()["detail"]
+    assert _label(a) is None
+    for query in ("?label=²", "?label=99999999999999999999999", "?page=²&split=²&order=²&show=²"):
+        assert admin_client.get(f"/datasets/{small.pk}/label/{query}").status_code == 200
+
+
+def test_a_conflict_on_a_deleted_image_says_so(api, small):
+    from datasets.services import images_delete
+
+    [a] = _ids(small, label__isnull=True)[:1]
+    images_delete(dataset=small, ids=[a])
+    response = api.post(f"/api/v1/datasets/{small.pk}/label/", {"changes": [{"image": a, "label": "x"}]}, format="json")
+    assert response.status_code == 400 and f"No image {a}" in response.json()["detail"]
+
+
+def test_opposite_orders_never_deadlock(transactional_db, admin_user):
+    """Two batches over the same images in opposite orders: rows are locked in id order,
+    so each ends saved or as a clean 409, never a database deadlock error."""
+    if connection.vendor == "sqlite":
+        pytest.skip("SQLite serialises writers; the PostgreSQL run checks the locking")
+    dataset = dataset_create(name="order")
+    images_add(dataset=dataset, items=[(f"{i}.png", colour_image("red", seed=i), None) for i in range(40)])
+    ids = _ids(dataset)
+    errors: list[Exception] = []
+
+    def run(order: list[int], name: str) -> None:
+        try:
+            for _ in range(5):
+                edits = [LabelEdit(pk, name) for pk in order]  # no version: server-side decisions
+                images_label_set(dataset=dataset, edits=edits, user=admin_user, source="api")
+        except Exception as exc:  # a deadlock would surface here
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(ids, "red")), threading.Thread(target=run, args=(ids[::-1], "blue"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert LabelChange.objects.count() == 10 * len(ids)

@@ -23,7 +23,8 @@
   let saved = false;  // a change on this page was saved
   // Labelling takes images out of these filters, so after changes the next images are
   // on this same page number: "next page" reloads it instead of skipping a page.
-  const SHRINKING = ["unlabelled", "review", "disagree"];
+  const SHRINKING = ["unlabelled", "labelled", "review", "disagree"];
+  const shrinking = SHRINKING.includes(config.filter.show) || !!config.filter.label;
 
   // --- focus and selection --------------------------------------------------------
 
@@ -149,19 +150,30 @@
   }
 
   function conflictText(conflict) {
+    if (conflict.deleted) return "image " + conflict.image + " was deleted";
     let text = "image " + conflict.image + " was changed to " + (conflict.label || "unlabelled");
     if (conflict.changed_by) text += " by " + conflict.changed_by;
     if (conflict.changed_at) text += " at " + new Date(conflict.changed_at).toLocaleTimeString();
     return text;
   }
 
-  function showConflicts(body) {
-    const conflicts = body.conflicts || [];
+  // The server's word on images someone else changed. A change already waiting in the
+  // queue for such a tile is dropped (see assign): the person has not seen the new label.
+  function markConflicts(conflicts) {
     conflicts.forEach(function (c) {
       applyServer({ id: c.image, label: c.label, version: c.version });
       const tile = tileById(c.image);
-      if (tile) tile.classList.add("wb-conflict");
+      if (tile) {
+        tile.classList.add("wb-conflict");
+        tile.dataset.epoch = (parseInt(tile.dataset.epoch || "0", 10) + 1).toString();
+      }
     });
+  }
+
+  function showConflicts(body) {
+    const conflicts = body.conflicts || [];
+    markConflicts(conflicts);
+    if (/^Not undone/.test(body.detail || "")) { say(body.detail, "error"); return; }
     const shown = conflicts.slice(0, 3).map(conflictText).join("; ");
     const more = conflicts.length > 3 ? " and " + (conflicts.length - 3) + " more" : "";
     say("Not saved: " + (shown || body.detail || "someone else changed these images") + more +
@@ -215,8 +227,12 @@
   function assign(chosen, labelOf, action) {
     if (!chosen.length) return;
     const ids = chosen.map(function (t) { return t.dataset.id; });
+    const epochs = new Map(chosen.map(function (t) { return [t.dataset.id, t.dataset.epoch || "0"]; }));
     send(config.urls.label, function () {
-      const changes = ids.map(tileById).filter(Boolean).map(function (tile) {
+      const seen = ids.map(tileById).filter(function (tile) {
+        return tile && (tile.dataset.epoch || "0") === epochs.get(tile.dataset.id);  // no conflict since the key press
+      });
+      const changes = seen.map(function (tile) {
         return { image: parseInt(tile.dataset.id, 10), label: labelOf(tile), version: parseInt(tile.dataset.version, 10) };
       });
       return changes.length ? { changes: changes, source: "workbench" } : null;
@@ -258,7 +274,7 @@
   // Where PageDown / PageUp (and the pager's links) go, once every change is saved.
   function turnPage(step, href) {
     const link = document.querySelector(".pager a[rel=" + (step > 0 ? "next" : "prev") + "]");
-    const reload = step > 0 && saved && SHRINKING.includes(config.filter.show);
+    const reload = step > 0 && saved && shrinking;
     const target = reload ? window.location.href : href || (link && link.href);
     if (!target) { say(step > 0 ? "This is the last page." : "This is the first page."); return; }
     queue.then(function () { window.location.href = target; });
@@ -267,8 +283,12 @@
   function undo() {
     send(config.urls.undo, function () { return {}; }, function (data) {
       data.images.forEach(applyServer);
+      const kept = data.kept || [];
+      markConflicts(kept);
       const off = data.images.filter(function (i) { return !tileById(i.id); }).length;
-      say("Undone: " + describe(data.images) + (off ? " (" + off + " not on this page)" : ""));
+      say("Undone: " + describe(data.images) + (off ? " (" + off + " not on this page)" : "") +
+          (kept.length ? "; kept " + kept.slice(0, 3).map(conflictText).join("; ") +
+            (kept.length > 3 ? " and " + (kept.length - 3) + " more" : "") : ""));
     });
   }
 
@@ -378,8 +398,15 @@
     if (event.key === "Enter") { event.preventDefault(); addClass(); }
   });
   document.getElementById("wb-accept").addEventListener("click", acceptForFilter);
-  document.querySelectorAll(".pager a[rel=next]").forEach(function (link) {
-    link.addEventListener("click", function (event) { event.preventDefault(); turnPage(1, link.href); });
+  document.querySelectorAll(".pager a[rel]").forEach(function (link) {
+    link.addEventListener("click", function (event) {
+      event.preventDefault();
+      turnPage(link.rel === "next" ? 1 : -1, link.href);
+    });
+  });
+  // Changes still waiting to be sent would be lost with the page: the browser asks first.
+  window.addEventListener("beforeunload", function (event) {
+    if (pending > 0) { event.preventDefault(); event.returnValue = ""; }
   });
 
   // The scoring card (htmx) announces new suggestions; reloading now would drop the
