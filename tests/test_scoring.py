@@ -2,6 +2,7 @@
 confidence, margin, entropy), through the service, the task, the command, the API
 and the page endpoint."""
 
+import io
 from datetime import timedelta
 from pathlib import Path
 
@@ -291,24 +292,19 @@ def test_the_status_partial_polls_while_running_and_names_the_model_when_done(
 
 @pytest.mark.worker
 def test_a_real_worker_scores_then_the_review_queue_finds_a_planted_label_error(celery_worker_process, trained_version):
-    """End to end: queue a run, a real Celery worker process scores the dataset, and an
+    """End to end: `score_dataset --wait` queues a run, a real Celery worker process scores the dataset, and an
     image given a wrong label shows up in the workbench's review queue."""
-    import time
-
-    from django.db import transaction
 
     from datasets.selectors import workbench_images
 
     dataset = trained_version.dataset
     red = Image.objects.filter(dataset=dataset, label__name="red").first()
     Image.objects.filter(pk=red.pk).update(label=dataset.labels.get(name="blue"))  # a planted label error
-    with transaction.atomic():
-        run = scoring_start(dataset=dataset)
-    deadline = time.monotonic() + 120
-    while not run.is_finished and time.monotonic() < deadline:
-        time.sleep(0.5)
-        run.refresh_from_db()
+    err = io.StringIO()
+    call_command("score_dataset", dataset.name, "--wait", "--timeout", "120", stderr=err)  # follows the worker
+    run = ScoringRun.objects.get(dataset=dataset)
     assert run.status == "succeeded", run.error or celery_worker_process.log_path.read_text()[-3000:]
+    assert f"run {run.pk}: succeeded {run.total}/{run.total}" in err.getvalue()
     assert run.processed == run.total == dataset.images.count()
     red.refresh_from_db()
     assert red.suggestion == "red" and red.suggestion_confidence >= 0.9, red.suggestion_confidence

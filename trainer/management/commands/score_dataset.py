@@ -1,12 +1,12 @@
 """`manage.py score_dataset DATASET [--wait | --inline]`: the promoted model's suggestion for every image."""
 
 import json
-import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from datasets.selectors import dataset_find
+from trainer.management.follow import follow
 from trainer.models import ScoringRun
 from trainer.scoring import ScoringRefused, scoring_run, scoring_start
 
@@ -35,31 +35,17 @@ class Command(BaseCommand):
         if options["inline"]:
             scoring_run(run_id=run.pk)
         elif options["wait"]:
-            self._wait(run, options["timeout"], quiet=options["json"])
+            follow(
+                run, name="scoring run", queue="default", timeout=options["timeout"],
+                progress=lambda: f"run {run.pk}: {run.status} {run.processed}/{run.total or '?'}",
+                out=None if options["json"] else self.stderr,
+            )  # fmt: skip
         else:
             self.stderr.write(f"run {run.pk} queued; follow it with --wait or GET /api/v1/scoring-runs/{run.pk}/")
         run.refresh_from_db()
         self._report(run, as_json=options["json"])
         if run.status == "failed":
             raise CommandError(f"scoring run {run.pk} failed: {run.error}")
-
-    def _wait(self, run: ScoringRun, timeout: float | None, *, quiet: bool) -> None:
-        started = time.monotonic()
-        last, hinted = "", False
-        while not run.is_finished:
-            if timeout and time.monotonic() - started > timeout:
-                raise CommandError(
-                    f"scoring run {run.pk} still {run.status} after {timeout:g} s (is a worker running?)"
-                )
-            if not hinted and run.status == "queued" and time.monotonic() - started > 30:
-                self.stderr.write("still queued after 30 s: is a `default` queue worker running? (make run starts one)")
-                hinted = True
-            time.sleep(1)
-            run.refresh_from_db()
-            line = f"run {run.pk}: {run.status} {run.processed}/{run.total if run.total is not None else '?'}"
-            if line != last and not quiet:
-                self.stderr.write(line)
-                last = line
 
     def _report(self, run: ScoringRun, *, as_json: bool) -> None:
         summary = {

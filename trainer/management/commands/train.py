@@ -1,12 +1,12 @@
 import argparse
 import json
-import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from datasets.models import Dataset
 from datasets.selectors import dataset_find
+from trainer.management.follow import follow
 from trainer.ml.config import ARCHITECTURES, ConfigError, TrainConfig
 from trainer.models import TrainingJob
 from trainer.services import TrainingRefused, training_job_run, training_job_start
@@ -64,28 +64,15 @@ class Command(BaseCommand):
         if options["inline"]:
             training_job_run(job_id=job.pk)
         elif options["wait"]:
-            self._wait(job, options["timeout"], quiet=options["json"])
+            follow(
+                job, name="job", queue="gpu", timeout=options["timeout"],
+                progress=lambda: f"job {job.pk}: {job.status} epoch {job.epoch}/{job.epochs} ({job.progress:.0%})",
+                out=None if options["json"] else self.stderr,
+            )  # fmt: skip
         job.refresh_from_db()
         self._report(job, as_json=options["json"])
         if job.status == "failed":
             raise CommandError(f"job {job.pk} failed: {job.error}")
-
-    def _wait(self, job: TrainingJob, timeout: float | None, *, quiet: bool) -> None:
-        started = time.monotonic()
-        deadline = started + timeout if timeout else None
-        last, hinted = "", False
-        while not job.is_finished:
-            if deadline and time.monotonic() > deadline:
-                raise CommandError(f"job {job.pk} still {job.status} after {timeout:g} s (is a worker running?)")
-            if not hinted and job.status == "queued" and time.monotonic() - started > 30:
-                self.stderr.write("still queued after 30 s: is a `gpu` queue worker running? (make run starts one)")
-                hinted = True
-            time.sleep(1)
-            job.refresh_from_db()
-            line = f"job {job.pk}: {job.status} epoch {job.epoch}/{job.epochs} ({job.progress:.0%})"
-            if line != last and not quiet:
-                self.stderr.write(line)
-                last = line
 
     def _report(self, job: TrainingJob, *, as_json: bool) -> None:
         version = getattr(job, "model_version", None)

@@ -1,0 +1,47 @@
+"""Following a queued row (a training job, a scoring run) from a command until it ends."""
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from django.core.management.base import CommandError, OutputWrapper
+
+
+class Followed(Protocol):
+    @property
+    def pk(self) -> object: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def is_finished(self) -> bool: ...
+
+    def refresh_from_db(self) -> None: ...
+
+
+def follow(
+    row: Followed,
+    *,
+    name: str,
+    queue: str,
+    progress: Callable[[], str],
+    timeout: float | None,
+    out: OutputWrapper | None,
+) -> None:
+    """Poll `row` every second, writing `progress()` to `out` when it changes (None: quiet);
+    a CommandError past `timeout` seconds, and a hint when nothing takes it for 30 s."""
+    started = time.monotonic()
+    last, hinted = "", False
+    while not row.is_finished:
+        if timeout and time.monotonic() - started > timeout:
+            raise CommandError(f"{name} {row.pk} still {row.status} after {timeout:g} s (is a worker running?)")
+        if not hinted and row.status == "queued" and time.monotonic() - started > 30 and out is not None:
+            out.write(f"still queued after 30 s: is a `{queue}` queue worker running? (make run starts one)")
+            hinted = True
+        time.sleep(1)
+        row.refresh_from_db()
+        line = progress()
+        if line != last and out is not None:
+            out.write(line)
+            last = line
