@@ -42,9 +42,19 @@ class WorkbenchClass:
 
 
 def workbench_classes(counts: list[ClassCount]) -> list[WorkbenchClass]:
+    """Classes by name with their keys: a class named by a single key character gets
+    that key (digits "0"-"9" keep their own digits), the others the free keys in order."""
     ordered = sorted(counts, key=lambda c: c.name)
-    keys = list(CLASS_KEYS) + [""] * max(0, len(ordered) - len(CLASS_KEYS))
-    return [WorkbenchClass(c.name, key, c.total) for c, key in zip(ordered, keys, strict=False)]
+    keys: dict[str, str] = {}
+    for c in ordered:
+        own = c.name.lower()
+        if len(own) == 1 and own in CLASS_KEYS and own not in keys.values():
+            keys[c.name] = own
+    free = iter(k for k in CLASS_KEYS if k not in keys.values())
+    for c in ordered:
+        if c.name not in keys:
+            keys[c.name] = next(free, "")
+    return [WorkbenchClass(c.name, keys[c.name], c.total) for c in ordered]
 
 
 @staff_member_required

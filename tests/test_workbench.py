@@ -177,6 +177,15 @@ def test_keys_run_out_after_36_classes():
     assert [c.key for c in classes[36:]] == ["", "", "", ""]
 
 
+def test_a_class_named_by_a_key_gets_that_key():
+    """Digits keep their digits (class "0" is key 0, not key 1); other classes take the free keys."""
+    from datasets.selectors import ClassCount
+
+    names = ["0", "1", "9", "cat", "Dog", "Q"]
+    classes = workbench_classes([ClassCount(i, n, 1, 0, 0) for i, n in enumerate(names)])
+    assert {c.name: c.key for c in classes} == {"0": "0", "1": "1", "9": "9", "Dog": "2", "Q": "q", "cat": "3"}
+
+
 def test_only_admins_open_it(client, member_client, small):
     dataset, _ = small
     url = f"/datasets/{dataset.pk}/label/"

@@ -98,7 +98,9 @@
   function ensureClass(name) {
     if (counts.has(name)) return;
     counts.set(name, 0);
-    const key = Array.from(config.keys).find(function (k) { return !usedKeys.has(k); }) || "";
+    const own = name.toLowerCase();  // a one-character name keeps its own key, as on the server
+    const key = own.length === 1 && config.keys.includes(own) && !usedKeys.has(own) ? own
+      : Array.from(config.keys).find(function (k) { return !usedKeys.has(k); }) || "";
     if (key) {
       usedKeys.add(key);
       keyToClass.set(key, name);
@@ -264,11 +266,10 @@
     afterAssign(chosen);
   }
 
-  // Every tile labelled, or the last one labelled and focused: time for the next page.
+  // The last tile labelled and focused: time for the next page.
   function pageDone() {
     const last = tiles[tiles.length - 1];
-    return tiles.every(function (t) { return t.dataset.label; }) ||
-      (document.activeElement === last && last.dataset.label !== "");
+    return document.activeElement === last && last.dataset.label !== "";
   }
 
   // Where PageDown / PageUp (and the pager's links) go, once every change is saved.
