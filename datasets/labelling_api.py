@@ -4,6 +4,8 @@ The workbench page calls these same endpoints, so the page and API clients share
 set of rules (datasets.labelling): a stale `version` gets 409 and changes nothing.
 """
 
+from typing import Any
+
 from django.db.models import QuerySet
 from django.http import Http404
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
@@ -82,9 +84,16 @@ class AcceptRequestSerializer(serializers.Serializer):
     min_confidence = serializers.FloatField(min_value=0, max_value=1, help_text="0..1, e.g. 0.9 for 90%.")
     show = serializers.ChoiceField(choices=[v for v, _ in WORKBENCH_SHOWS], default="all")
     # Strict, unlike the page's lenient filters: a mistyped filter must not widen a bulk write.
-    label = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1, max_value=MAX_ID,
-                                     help_text="Only images of this class (its id).")  # fmt: skip
+    label_id = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1, max_value=MAX_ID,
+                                        help_text="Only images of this class (its id, not its name).")  # fmt: skip
     split = serializers.ChoiceField(choices=["", *Split.values], required=False, default="")
+
+    def to_internal_value(self, data: Any) -> Any:
+        """An unknown key is an error: `{"label": "cat"}` silently ignored would accept everywhere."""
+        unknown = sorted(set(data) - set(self.fields)) if isinstance(data, dict) else []
+        if unknown:
+            raise serializers.ValidationError({key: ["Unknown field."] for key in unknown})
+        return super().to_internal_value(data)
 
 
 class AcceptResultSerializer(serializers.Serializer):
@@ -188,9 +197,10 @@ class LabellingActions:
         incoming.is_valid(raise_exception=True)
         data = incoming.validated_data
         dataset = self.dataset(request, pk)
-        if data["label"] is not None and not dataset.labels.filter(pk=data["label"]).exists():
-            return Response({"label": [f"No class {data['label']} in {dataset.name}."]}, status.HTTP_400_BAD_REQUEST)
-        label = "" if data["label"] is None else str(data["label"])
+        if data["label_id"] is not None and not dataset.labels.filter(pk=data["label_id"]).exists():
+            message = f"No class with id {data['label_id']} in {dataset.name}."
+            return Response({"label_id": [message]}, status.HTTP_400_BAD_REQUEST)
+        label = "" if data["label_id"] is None else str(data["label_id"])
         images = workbench_images(dataset=dataset, show=data["show"], label=label, split=data["split"])
         try:
             result = suggestions_accept(images=images, min_confidence=data["min_confidence"], user=request.user)

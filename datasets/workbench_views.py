@@ -98,7 +98,7 @@ def _config(pk: int, classes: list[WorkbenchClass], filters: dict[str, str]) -> 
         # As the accept-suggestions action reads it: an unknown `show` is "all", as the page shows.
         "filter": {
             "show": filters["show"] if filters["show"] in dict(WORKBENCH_SHOWS) else "all",
-            "label": int(filters["label"]) if is_id(filters["label"]) else None,
+            "label_id": int(filters["label"]) if is_id(filters["label"]) else None,
             "split": filters["split"] if filters["split"] in Split.values else "",
         },
     }

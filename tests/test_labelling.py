@@ -364,9 +364,10 @@ def test_a_key_press_counts_nothing_and_costs_a_few_queries(api, small):
 @pytest.mark.parametrize(
     "body, message",
     [
-        ({"min_confidence": 0.9, "label": "red"}, "valid integer"),  # a class name is not a class id
+        ({"min_confidence": 0.9, "label_id": "red"}, "valid integer"),  # a class name is not a class id
+        ({"min_confidence": 0.9, "label": "red"}, "Unknown field"),  # nor a filter it does not know
         ({"min_confidence": 0.9, "split": "validation"}, "not a valid choice"),
-        ({"min_confidence": 0.9, "label": 10**6}, "No class 1000000"),
+        ({"min_confidence": 0.9, "label_id": 10**6}, "No class with id 1000000"),
         ({"min_confidence": 0.9, "show": "everything"}, "not a valid choice"),
     ],
 )
@@ -379,7 +380,7 @@ def test_accept_suggestions_refuses_a_filter_it_does_not_understand(api, small, 
     assert not LabelChange.objects.exists()
     red = small.labels.get(name="red")
     expected = len(_ids(small, label=red, split="train"))
-    ok = api.post(f"/api/v1/datasets/{small.pk}/accept-suggestions/", {"min_confidence": 0.9, "label": red.pk,
+    ok = api.post(f"/api/v1/datasets/{small.pk}/accept-suggestions/", {"min_confidence": 0.9, "label_id": red.pk,
                                                                          "split": "train"}, format="json")  # fmt: skip
     assert ok.json()["accepted"] == expected
 

@@ -77,17 +77,17 @@ def test_config_names_the_api_and_the_applied_filter(admin_client, small):
         "undo": f"/api/v1/datasets/{dataset.pk}/undo/",
         "accept": f"/api/v1/datasets/{dataset.pk}/accept-suggestions/",
     }
-    assert config["filter"] == {"show": "unlabelled", "label": None, "split": "train"}
+    assert config["filter"] == {"show": "unlabelled", "label_id": None, "split": "train"}
     assert [c["name"] for c in config["classes"]] == ["blue", "green", "red"]
     assert [c["key"] for c in config["classes"]] == ["1", "2", "3"]
     # Accept-suggestions gets what the page shows for an unknown filter: everything.
     assert _config(_get(admin_client, dataset, show="x", split="x", label="²"))["filter"] == {
         "show": "all",
-        "label": None,
+        "label_id": None,
         "split": "",
     }
     red = dataset.labels.get(name="red")
-    assert _config(_get(admin_client, dataset, label=str(red.pk)))["filter"]["label"] == red.pk
+    assert _config(_get(admin_client, dataset, label=str(red.pk)))["filter"]["label_id"] == red.pk
 
 
 @pytest.mark.parametrize(

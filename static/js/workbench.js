@@ -24,7 +24,7 @@
   // Labelling takes images out of these filters, so after changes the next images are
   // on this same page number: "next page" reloads it instead of skipping a page.
   const SHRINKING = ["unlabelled", "labelled", "review", "disagree"];
-  const shrinking = SHRINKING.includes(config.filter.show) || !!config.filter.label;
+  const shrinking = SHRINKING.includes(config.filter.show) || config.filter.label_id !== null;
 
   // --- focus and selection --------------------------------------------------------
 
