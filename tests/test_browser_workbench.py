@@ -231,15 +231,17 @@ def test_a_key_pressed_before_the_conflict_arrived_is_dropped(live_server, admin
     page.route("**/label/", lambda route: route.continue_() if held else held.append(route))  # hold the first
     page.keyboard.press("1")
     page.wait_for_function("() => document.getElementById('wb-grid').dataset.pending === '1'")
-    page.keyboard.press("ArrowLeft")
-    page.keyboard.press("2")  # queued behind the held request
-    page.wait_for_timeout(100)
+    page.keyboard.press("Home")
+    assert _focused(page) == ids[0]
+    page.keyboard.press("2")  # queued behind the held request, on the same tile
+    page.wait_for_function("() => document.getElementById('wb-grid').dataset.pending === '2'")
     assert len(held) == 1
     held[0].continue_()
     _settled(page)
-    assert "changed to red by alice" in page.inner_text("#wb-status")
     assert _labels([ids[0]]) == ["red"]  # neither press overwrote alice's label
     assert LabelChange.objects.filter(image_id=ids[0]).count() == 1
+    assert "wb-conflict" in page.locator(f".wb-tile[data-id='{ids[0]}']").get_attribute("class")
+    assert "changed to red by alice" in page.inner_text("#wb-status")
 
 
 def test_next_page_after_labelling_the_unlabelled_skips_nothing(live_server, admin_user, unlabelled, browser,  # noqa: F811
