@@ -100,13 +100,6 @@ class _Current:
 Flags = Literal["decided", "keep"] | Mapping[int, tuple[bool, bool]]
 
 
-class _Raced(Exception):
-    """An image changed between our read and our write (only without row locks)."""
-
-    def __init__(self, ids: list[int]) -> None:
-        self.ids = ids
-
-
 def images_label_set(
     *, dataset: Dataset, edits: Sequence[LabelEdit], user: AbstractBaseUser | AnonymousUser | None, source: str,
     flags: Flags = "decided",
@@ -118,16 +111,13 @@ def images_label_set(
         return LabelSetResult(batch=None, images=[])
     edits = _last_edit_per_image(edits)
     author_id = int(user.pk) if user is not None and user.is_authenticated else None
-    try:
-        with transaction.atomic():
-            current = _current_labels(dataset, [e.image_id for e in edits])
-            _refuse_stale(edits, current)
-            labels = _labels_by_name(dataset, {e.label for e in edits if e.label})
-            _apply(edits, current, labels, flags)
-            batch = uuid.uuid4()
-            LabelChange.objects.bulk_create(_history(dataset, edits, current, batch, source, author_id))
-    except _Raced as raced:  # reported after the rollback: what others did, not our undone writes
-        raise LabelConflict(_conflicts(raced.ids)) from None
+    with transaction.atomic():
+        current = _current_labels(dataset, [e.image_id for e in edits])
+        _refuse_stale(edits, current)
+        labels = _labels_by_name(dataset, {e.label for e in edits if e.label})
+        _apply(edits, current, labels, flags)
+        batch = uuid.uuid4()
+        LabelChange.objects.bulk_create(_history(dataset, edits, current, batch, source, author_id))
     images = [ImageLabel(e.image_id, e.label, current[e.image_id].version + 1) for e in edits]
     return LabelSetResult(batch=batch, images=images)
 
@@ -192,10 +182,9 @@ def _labels_by_name(dataset: Dataset, names: set[str | None]) -> dict[str, Label
 
 
 def _apply(edits: Sequence[LabelEdit], current: dict[int, _Current], labels: dict[str, Label], flags: Flags) -> None:
-    """One conditional UPDATE per group of images getting the same values: with the rows
-    locked it always matches; without locks a racing change matches no row, and the
-    whole batch rolls back."""
-    groups: dict[tuple[str | None, int, bool, bool], list[int]] = defaultdict(list)
+    """One UPDATE per group of images getting the same values. The rows are locked since
+    `_current_labels` read them, so the versions checked there are still theirs."""
+    groups: dict[tuple[str | None, bool, bool], list[int]] = defaultdict(list)
     for e in edits:
         now = current[e.image_id]
         if flags == "decided":
@@ -204,15 +193,13 @@ def _apply(edits: Sequence[LabelEdit], current: dict[int, _Current], labels: dic
             review, checked = now.needs_review, now.checked
         else:
             review, checked = flags[e.image_id]
-        groups[(e.label, now.version, review, checked)].append(e.image_id)
-    for (name, version, review, checked), ids in groups.items():
+        groups[(e.label, review, checked)].append(e.image_id)
+    for (name, review, checked), ids in groups.items():
         label = labels[name] if name else None
         for chunk in _chunks(ids):
-            updated = Image.objects.filter(pk__in=chunk, label_version=version).update(
+            Image.objects.filter(pk__in=chunk).update(
                 label=label, label_version=F("label_version") + 1, needs_review=review, label_checked=checked
             )
-            if updated != len(chunk):
-                raise _Raced(chunk)
 
 
 def _conflicts(ids: list[int]) -> list[Conflict]:
@@ -334,27 +321,20 @@ def _reclass(label: Label, name: str | None, user: AbstractBaseUser | AnonymousU
 
 
 def suggestions_accept(
-    *, images: QuerySet[Image], min_confidence: float, user: AbstractBaseUser | AnonymousUser | None
-) -> LabelSetResult:
-    """Give each of `images` whose suggestion reaches `min_confidence` (0..1) and differs
-    from its label that suggestion, as one undoable batch."""
+    *, dataset: Dataset, images: QuerySet[Image], min_confidence: float,
+    user: AbstractBaseUser | AnonymousUser | None,
+) -> LabelSetResult:  # fmt: skip
+    """Give each of `images` (of `dataset`) whose suggestion reaches `min_confidence` (0..1)
+    and differs from its label that suggestion, as one undoable batch."""
     if not 0 <= min_confidence <= 1:
         raise ValueError("The minimum confidence must be between 0 and 100%.")
     rows = (
         images.exclude(suggestion="")
         .filter(suggestion_confidence__gte=min_confidence)
         .exclude(label__name=F("suggestion"))
-        .values_list("pk", "dataset_id", "suggestion", "label_version")
+        .values_list("pk", "suggestion", "label_version")
     )
-    by_dataset: dict[int, list[LabelEdit]] = defaultdict(list)
-    for pk, dataset_id, suggestion, version in rows:
-        by_dataset[dataset_id].append(LabelEdit(pk, suggestion, version))
-    if len(by_dataset) > 1:
-        raise ValueError("Accept suggestions one dataset at a time.")
-    if not by_dataset:
-        return LabelSetResult(batch=None, images=[])
-    [(dataset_id, edits)] = by_dataset.items()
-    dataset = Dataset.objects.get(pk=dataset_id)
+    edits = [LabelEdit(pk, suggestion, version) for pk, suggestion, version in rows]
     return images_label_set(dataset=dataset, edits=edits, user=user, source=ChangeSource.SUGGESTION)
 
 

@@ -170,7 +170,7 @@ class LabellingActions:
             200: UndoResultSerializer,
             409: OpenApiResponse(
                 ConflictResponseSerializer,
-                "Everyone of the batch's images was changed since by someone "
+                "Each of the batch's images was changed since by someone "
                 "else: nothing undone; the next undo goes further back.",
             ),
             400: OpenApiResponse(description="Nothing to undo"),
@@ -203,7 +203,9 @@ class LabellingActions:
         label = "" if data["label_id"] is None else str(data["label_id"])
         images = workbench_images(dataset=dataset, show=data["show"], label=label, split=data["split"])
         try:
-            result = suggestions_accept(images=images, min_confidence=data["min_confidence"], user=request.user)
+            result = suggestions_accept(
+                dataset=dataset, images=images, min_confidence=data["min_confidence"], user=request.user
+            )
         except LabelConflict as exc:
             return conflict_response(exc)
         except ValueError as exc:

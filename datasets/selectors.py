@@ -10,7 +10,7 @@ from django.db.models.functions import Coalesce
 from django.http import Http404
 
 from classifier_site.permissions import is_admin
-from datasets.models import Dataset, DatasetImport, Image, Label, LabelChange, Split
+from datasets.models import Dataset, DatasetImport, Image, Label, Split
 
 
 def is_id(text: str) -> bool:
@@ -114,17 +114,13 @@ def dataset_snapshot(*, dataset: Dataset) -> Snapshot:
 def image_list(
     *, dataset: Dataset, label: str = "", split: str = "", unlabelled: bool = False, needs_review: bool = False
 ) -> QuerySet[Image]:
-    """A dataset's images, filtered by class id, split, unlabelled only or queued for review."""
-    images = Image.objects.filter(dataset=dataset).select_related("label").order_by("-id")
-    if needs_review:
-        images = images.filter(needs_review=True)
-    if unlabelled:
-        images = images.filter(label__isnull=True)
-    elif is_id(label):
-        images = images.filter(label_id=int(label))
-    if split in Split.values:
-        images = images.filter(split=split)
-    return images
+    """The dataset page's grid, newest first: filtered by class id, split, unlabelled
+    only or queued for review (the workbench's selector with the page's four filters)."""
+    images = workbench_images(
+        dataset=dataset, show="unlabelled" if unlabelled else "all", label="" if unlabelled else label, split=split,
+        order="newest",
+    )  # fmt: skip
+    return images.filter(needs_review=True) if needs_review else images
 
 
 def dataset_imports(*, dataset: Dataset) -> QuerySet[DatasetImport]:
@@ -246,8 +242,3 @@ def workbench_images(
 
 def workbench_ordering(order: str) -> list[Any]:
     return _ORDERING.get(order, _ORDERING["oldest"])
-
-
-def label_history(*, dataset: Dataset) -> QuerySet[LabelChange]:
-    """Who set which label when, newest first."""
-    return LabelChange.objects.filter(dataset=dataset).select_related("user").order_by("-id")

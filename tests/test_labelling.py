@@ -181,7 +181,7 @@ def test_accept_suggestions_above_a_confidence_in_the_current_filter(small, admi
     labelled = _ids(small, label__name="red")[0]
     _suggest(labelled, "green", 0.99)
     result = suggestions_accept(
-        images=workbench_images(dataset=small, show="unlabelled"), min_confidence=0.9, user=admin_user
+        dataset=small, images=workbench_images(dataset=small, show="unlabelled"), min_confidence=0.9, user=admin_user
     )
     assert sorted(i.id for i in result.images) == [a, b]
     assert [_label(x) for x in (a, b, c, d, labelled)] == ["blue", "blue", None, None, "red"]
@@ -189,7 +189,7 @@ def test_accept_suggestions_above_a_confidence_in_the_current_filter(small, admi
     label_change_undo(dataset=small, user=admin_user)  # one batch: one undo
     assert _label(a) is None and _label(b) is None
     with pytest.raises(ValueError, match="between 0 and 100%"):
-        suggestions_accept(images=workbench_images(dataset=small), min_confidence=90, user=admin_user)
+        suggestions_accept(dataset=small, images=workbench_images(dataset=small), min_confidence=90, user=admin_user)
 
 
 def test_workbench_filters_and_active_learning_orders(small, admin_user):

@@ -11,9 +11,9 @@ from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
+from classifier_site.redirects import local_url_or
 from datasets.labelling import image_label_set
 from datasets.models import ChangeSource
 from datasets.services import image_queue_for_review
@@ -187,10 +187,9 @@ def _after_action(request: HttpRequest, evaluation: Evaluation, prediction: Pred
     """htmx swaps the tile in place; a plain form goes back where it came from (same site only)."""
     if request.headers.get("HX-Request"):
         return render(request, "trainer/_prediction_updated.html", {"prediction": prediction})
-    target = request.POST.get("next", "")
-    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
-        target = reverse("reports:detail", args=[evaluation.pk])
-    return redirect(target)
+    return redirect(
+        local_url_or(request, request.POST.get("next", ""), reverse("reports:detail", args=[evaluation.pk]))
+    )
 
 
 @staff_member_required

@@ -7,10 +7,10 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from classifier_site.permissions import admin_user
+from classifier_site.redirects import local_url_or
 from datasets.selectors import dataset_get
 from trainer.scoring import ScoringRefused, scoring_run_get, scoring_start
 
@@ -46,6 +46,4 @@ def scoring_status_view(request: HttpRequest, pk: int) -> HttpResponse:
 
 def _back(request: HttpRequest, target: str, dataset_pk: int) -> str:
     """`target` if it is a page of this site, else the dataset's page."""
-    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
-        return target
-    return reverse("datasets:detail", args=[dataset_pk])
+    return local_url_or(request, target, reverse("datasets:detail", args=[dataset_pk]))
