@@ -1,7 +1,5 @@
 """Dataset pages (admins only)."""
 
-import mimetypes
-
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.cache import cache
@@ -16,6 +14,7 @@ from django.views.decorators.http import require_POST
 from classifier_site.permissions import admin_user
 from classifier_site.uploads import limit_upload
 from datasets.forms import DatasetForm, LabelMergeForm, LabelRenameForm, UploadForm
+from datasets.imaging import content_type
 from datasets.labelling import label_delete, label_merge
 from datasets.selectors import (
     dataset_class_counts,
@@ -129,10 +128,17 @@ def image_file_view(request: HttpRequest, pk: int, kind: str) -> FileResponse:
     name = image.thumbnail.name if kind == "thumbnail" and image.thumbnail else image.file.name
     if kind not in ("thumbnail", "original") or not name:
         raise Http404("No such file.")
-    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    response = FileResponse(default_storage.open(name), content_type=content_type)
+    served_as = content_type(name)  # the stored format's image/* type; None only for a name never written
+    response = FileResponse(
+        default_storage.open(name), content_type=served_as or "application/octet-stream", as_attachment=not served_as
+    )
     response["Cache-Control"] = "private, max-age=86400"  # content-addressed names never change
-    response["Content-Security-Policy"] = "default-src 'none'"
+    # An image/* type with nosniff is what keeps markup inside a file from ever being
+    # rendered or run (datasets/imaging.py says why); the sandbox covers a file opened
+    # on its own, and CORP stops other sites embedding it.
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "default-src 'none'; sandbox"
+    response["Cross-Origin-Resource-Policy"] = "same-origin"
     return response
 
 
