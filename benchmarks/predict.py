@@ -118,13 +118,15 @@ def record_version(work: Path, dataset: Any, given: dict[str, Any], seed: int) -
     from trainer.ml.architectures import build_model
     from trainer.ml.config import TrainConfig
     from trainer.ml.train import MODEL_FILE
+    from trainer.ml.transfer import untrained_model
     from trainer.services import model_version_create, training_job_start
 
     keras.utils.set_random_seed(seed)
     config = TrainConfig.from_dict(given)
     folder = work / f"built-{config.arch}-{config.image_size}-{seed}"
     folder.mkdir()
-    build_model(config, len(CLASSES)).save(folder / MODEL_FILE)
+    build = untrained_model if config.is_pretrained else build_model
+    build(config, len(CLASSES)).save(folder / MODEL_FILE)
     snapshot = {"classes": CLASSES, "hash": ""}
     job = training_job_start(dataset=dataset, config=config, enqueue=False, snapshot=snapshot)
     version = model_version_create(job=job, model_dir=folder, metrics={}, config=config)
@@ -133,13 +135,14 @@ def record_version(work: Path, dataset: Any, given: dict[str, Any], seed: int) -
 
 
 def record_224(work: Path, dataset: Any, arch: str) -> tuple[dict[str, Any] | None, str | None]:
-    from trainer.ml.weights import WEIGHT_FILES, WeightsMissing, install_from
+    from trainer.ml.backbones import get
+    from trainer.ml.weights import WeightsMissing, install_from, source_name
 
-    install_from(weights_dir(), [arch])  # into $KERAS_HOME/models, where the platform looks
+    install_from(weights_dir(), [get(arch)])  # into $KERAS_HOME, where the platform looks
     try:
         return record_version(work, dataset, {"arch": arch, "image_size": 224}, seed=3), None
     except WeightsMissing:
-        return None, f"ImageNet weights {WEIGHT_FILES[arch]} not found in {weights_dir()} (set SHARED_WEIGHTS_DIR)"
+        return None, f"ImageNet weights {source_name(get(arch))} not found in {weights_dir()} (set SHARED_WEIGHTS_DIR)"
 
 
 def child_costs(token: str, png: bytes, calls: int) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from django.urls import include, path
 from health_check.views import HealthCheckView
 
 from classifier_site import views
+from trainer import backbone_views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -20,6 +21,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("datasets/", include("datasets.urls")),
     path("jobs/", include("trainer.urls")),
+    path("backbones/", backbone_views.backbone_list_view, name="backbones"),
     path("evaluations/", include("trainer.report_urls")),
     path("models/", include("trainer.model_urls")),
     path("models/", include("trainer.export_urls")),

@@ -36,7 +36,9 @@ def _test_broker() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_files(settings: object, tmp_path: Path) -> None:
+def _isolated_files(settings: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No backbone installed unless a test installs one: `auto` then trains from scratch, as in CI.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     settings.MEDIA_ROOT = tmp_path / "media"  # type: ignore[attr-defined]
     settings.MODEL_CACHE_DIR = tmp_path / "model-cache"  # type: ignore[attr-defined]
     settings.TRAIN_WORK_DIR = tmp_path / "training"  # type: ignore[attr-defined]

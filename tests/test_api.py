@@ -141,7 +141,7 @@ def test_job_config_takes_the_architectures_defaults_and_jobs_filter_and_repeat(
     assert made.status_code == 201
     assert made.json()["config"]["optimizer"] == "adam" and made.json()["config"]["batch_size"] == 64
     resnet = api.post("/api/v1/jobs/", {"dataset": colour_dataset.pk}, format="json").json()
-    assert resnet["config"]["arch"] == "resnet" and resnet["config"]["schedule"] == "one_cycle"
+    assert resnet["config"]["arch"] == "auto" and resnet["recipe"] == ""  # settled by the worker
     assert [j["id"] for j in api.get("/api/v1/jobs/?arch=baseline").json()["results"]] == [made.json()["id"]]
     assert api.get("/api/v1/jobs/?arch=vgg").status_code == 400  # not a choice
     again = api.post(f"/api/v1/jobs/{made.json()['id']}/repeat/")

@@ -27,13 +27,14 @@ def test_each_architecture_starts_from_its_own_defaults():
     # The seed notebook's recipe: Adam 1e-3, 10 epochs of 64, no augmentation or smoothing.
     assert (baseline.optimizer, baseline.learning_rate, baseline.epochs, baseline.batch_size) == ("adam", 1e-3, 10, 64)
     assert not (baseline.flip or baseline.translate or baseline.label_smoothing or baseline.flip_tta)
-    resnet = TrainConfig.from_dict({})
+    assert TrainConfig.from_dict({}).arch == "auto"  # settled when the job starts, on its data
+    resnet = TrainConfig.from_dict({"arch": "resnet"})
     assert (resnet.arch, resnet.schedule, resnet.optimizer, resnet.flip, resnet.flip_tta) == (
         "resnet", "one_cycle", "sgd", True, True)  # fmt: skip
     assert resnet.label_smoothing > 0 and resnet.translate > 0 and resnet.batch_size >= 256
-    mobile = TrainConfig.from_dict({"arch": "mobilenetv2", "epochs": 2})
-    assert mobile.epochs == 2 and mobile.fine_tune_epochs > 0 and mobile.image_size >= 96
-    assert mobile.total_epochs == 2 + mobile.fine_tune_epochs
+    mobile = TrainConfig.from_dict({"arch": "mobilenetv2", "epochs": 2, "fine_tune_epochs": 3})
+    assert mobile.epochs == 2 and mobile.image_size == 224 and mobile.early_stopping_patience > 0
+    assert mobile.total_epochs == 2 + 3 and TrainConfig.defaults("mobilenetv2").fine_tune_epochs == 0
 
 
 def test_resolve_settles_every_auto_field_for_the_device_and_data():
@@ -55,7 +56,7 @@ def test_resolve_settles_every_auto_field_for_the_device_and_data():
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"arch": "vgg99"}, "arch: unknown value 'vgg99'; choose from resnet, baseline"),
+        ({"arch": "vgg99"}, "arch: unknown value 'vgg99'; choose from auto, resnet, baseline"),
         ({"epochs": 0}, "epochs: must be between 1 and 1000"),
         ({"batch_size": 10**6}, "batch_size"),
         ({"learning_rate": 0}, "learning_rate"),
@@ -110,6 +111,7 @@ class Recorder:
 
     def __init__(self, stop_after: int | None = None, crash_after: int | None = None) -> None:
         self.starts, self.epochs, self.stop_after, self.crash_after = [], [], stop_after, crash_after
+        self.phases = []
 
     def start(self, epoch, steps):
         self.starts.append((epoch, steps))
@@ -124,6 +126,9 @@ class Recorder:
 
     def should_stop(self):
         return self.stop_after is not None and len(self.epochs) >= self.stop_after
+
+    def phase(self, name, done, total):
+        self.phases.append((name, done, total))
 
 
 def _data(seed: int, n: int = 96, size: int = 24):
@@ -180,7 +185,7 @@ def test_resnet_learns_and_serves_flip_averaged_predictions(tmp_path, mixed):
     from trainer.ml.architectures import PixelStats
     from trainer.ml.train import MODEL_FILE, train
 
-    config = TrainConfig.from_dict({"image_size": 24, "epochs": 4, "batch_size": 16, "size": "small",
+    config = TrainConfig.from_dict({"arch": "resnet", "image_size": 24, "epochs": 4, "batch_size": 16, "size": "small",
                                     "rotation": 5, "zoom": 0.1, "contrast": 0.1, "mixed_precision": mixed})  # fmt: skip
     data = _data(2)
     result = train(config.resolve(on_gpu=False, class_counts=[48, 48]), data, tmp_path)  # "on": bfloat16 on CPU
@@ -216,7 +221,7 @@ def test_should_stop_ends_training_after_the_current_epoch(tmp_path):
 def test_a_killed_run_resumes_from_its_last_epoch_checkpoint(tmp_path):
     from trainer.ml.train import train
 
-    config = TrainConfig.from_dict({"image_size": 24, "epochs": 4, "batch_size": 16, "size": "small"})
+    config = TrainConfig.from_dict({"arch": "resnet", "image_size": 24, "epochs": 4, "batch_size": 16, "size": "small"})
     config = config.resolve(on_gpu=False, class_counts=[48, 48])
     checkpoints, data = tmp_path / "checkpoints", _data(4)
     with pytest.raises(SystemExit):
@@ -276,30 +281,28 @@ def test_class_weights_are_inverse_frequency_with_mean_one():
 
 
 def test_missing_backbone_weights_say_how_to_install_them(tmp_path, monkeypatch):
-    from trainer.ml.architectures import build_model
+    from trainer.ml.backbones import CATALOGUE, feature_extractor
     from trainer.ml.weights import WeightsMissing
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     with pytest.raises(
         WeightsMissing, match=r"efficientnetb0 are not installed.*manage.py fetch_weights efficientnetb0"
     ):
-        build_model(TrainConfig.from_dict({"arch": "efficientnetb0"}), 3)
+        feature_extractor(CATALOGUE["efficientnetb0"], 224)
 
 
 @pytest.mark.skipif(not SHARED_WEIGHTS.is_dir(), reason=f"no ImageNet weights at {SHARED_WEIGHTS}")
-def test_transfer_learning_trains_the_head_then_fine_tunes_the_backbone(tmp_path, monkeypatch):
-    from trainer.ml.architectures import backbone, build_model
+def test_transfer_learning_trains_the_head_on_features_then_fine_tunes_the_backbone(tmp_path, monkeypatch):
+    from trainer.ml.backbones import CATALOGUE
     from trainer.ml.train import train
     from trainer.ml.weights import install_from
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    assert install_from(SHARED_WEIGHTS, ["mobilenetv2_035"])
-    config = TrainConfig.from_dict({"arch": "mobilenetv2_035", "image_size": 32, "epochs": 2, "fine_tune_epochs": 1,
+    assert install_from(SHARED_WEIGHTS, [CATALOGUE["mobilenetv2_035"]])
+    config = TrainConfig.from_dict({"arch": "mobilenetv2_035", "image_size": 32, "epochs": 30, "fine_tune_epochs": 1,
                                     "batch_size": 16}).resolve(on_gpu=False, class_counts=[48, 48])  # fmt: skip
-    model = build_model(config, 2)
-    base = backbone(model)
-    assert not base.trainable and base.count_params() > 400_000  # ImageNet weights, frozen at first
     recorder = Recorder()
     result = train(config, _data(5, size=32), tmp_path / "out", recorder)
-    assert [e[0] for e in recorder.epochs] == [0, 1, 2]  # two head epochs, then one fine-tuning epoch
-    assert len(result.history["loss"]) == 3 and result.metrics["accuracy"] >= 0.8
+    assert [p[0] for p in recorder.phases] == ["head", "fine-tuning", "evaluating"]
+    assert result.metrics["accuracy"] >= 0.8 and result.metrics["transfer"]["fine_tuned_val_accuracy"] is not None
+    assert result.metrics["transfer"]["kept"] in ("frozen head", "fine-tuned")

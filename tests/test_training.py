@@ -247,19 +247,3 @@ def test_decoded_images_are_cached_per_snapshot_and_size(colour_dataset, monkeyp
     monkeypatch.setattr("trainer.snapshots.load_array", lambda *a: pytest.fail("decoded again"))
     second = train_now(colour_dataset, epochs=1, seed=1)  # same snapshot and size: read from the cache
     assert second.job.snapshot_hash == first.job.snapshot_hash
-
-
-def test_fetch_weights_installs_from_a_folder_and_names_what_is_missing(tmp_path, monkeypatch, capsys):
-    from tests.test_ml import SHARED_WEIGHTS
-
-    if not SHARED_WEIGHTS.is_dir():
-        pytest.skip(f"no ImageNet weights at {SHARED_WEIGHTS}")
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    call_command("fetch_weights", "mobilenetv2_035", "mobilenet", "--from", str(SHARED_WEIGHTS))
-    out = capsys.readouterr().out
-    assert "mobilenetv2_035: ready" in out and "mobilenet: ready" in out
-    assert (tmp_path / "keras/models/mobilenet_2_5_224_tf_no_top.h5").stat().st_size > 1_000_000
-    with pytest.raises(CommandError, match=r"efficientnetb0 \(efficientnetb0_notop.h5 is not in"):
-        call_command("fetch_weights", "efficientnetb0", "--from", str(SHARED_WEIGHTS))
-    with pytest.raises(CommandError, match="no pretrained backbone named vgg16"):
-        call_command("fetch_weights", "vgg16")

@@ -3,7 +3,8 @@
 import django_filters
 from django.http.response import HttpResponseBase
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -12,7 +13,7 @@ from rest_framework.response import Response
 from classifier_site.permissions import admin_user
 from datasets.models import Dataset
 from trainer.export_api import ModelExportActions
-from trainer.ml.config import ARCHITECTURES, ConfigError, TrainConfig
+from trainer.ml.config import ConfigError, TrainConfig, architectures
 from trainer.models import Evaluation, ModelVersion, TrainingJob
 from trainer.report_views import CHARTS, chart_response, predictions_csv_response
 from trainer.selectors import evaluation_list, job_list, model_version_list
@@ -41,8 +42,8 @@ class TrainingJobSerializer(serializers.ModelSerializer):
         fields = [
             "id", "dataset", "config", "status", "progress", "epoch", "step", "steps", "images_per_second",
             "history", "error", "device", "host", "attempts", "events", "environment", "snapshot_hash",
-            "eta_seconds", "cancel_requested", "created_at", "started_at", "heartbeat_at", "finished_at",
-            "model_version",
+            "recipe", "phase", "eta_seconds", "cancel_requested", "created_at", "started_at", "heartbeat_at",
+            "finished_at", "model_version",
         ]  # fmt: skip
         read_only_fields = [f for f in fields if f not in ("dataset", "config")]
 
@@ -56,7 +57,10 @@ class TrainingJobSerializer(serializers.ModelSerializer):
 
 
 class TrainingJobFilter(django_filters.FilterSet):
-    arch = django_filters.ChoiceFilter(field_name="config__arch", choices=[(a, a) for a in ARCHITECTURES])
+    # A callable: backbone files installed after start-up are choices too.
+    arch = extend_schema_field(OpenApiTypes.STR)(
+        django_filters.ChoiceFilter(field_name="config__arch", choices=lambda: [(a, a) for a in architectures()])
+    )
 
     class Meta:
         model = TrainingJob

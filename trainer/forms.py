@@ -7,7 +7,7 @@ from typing import Any
 from django import forms
 
 from datasets.models import Dataset
-from trainer.ml.config import ARCHITECTURES, BASIC_FIELDS, CHOICES, HELP, ConfigError, TrainConfig
+from trainer.ml.config import BASIC_FIELDS, CHOICES, HELP, ConfigError, TrainConfig, architectures
 
 
 def config_field(field: dataclasses.Field[Any], initial: Any) -> forms.Field:
@@ -20,7 +20,9 @@ def config_field(field: dataclasses.Field[Any], initial: Any) -> forms.Field:
         "required": False,
     }
     if field.name in CHOICES:
-        return forms.ChoiceField(choices=[(c, c) for c in CHOICES[field.name]], **common)
+        # Backbone files an operator installed are architectures too.
+        choices = architectures() if field.name == "arch" else CHOICES[field.name]
+        return forms.ChoiceField(choices=[(c, c) for c in choices], **common)
     if field.type in (bool, "bool"):
         return forms.BooleanField(**common)
     if field.type in (int, "int"):
@@ -46,7 +48,7 @@ class TrainingJobForm(forms.Form):
     @staticmethod
     def presets() -> dict[str, dict[str, Any]]:
         """Each architecture's defaults: picking an architecture fills them in."""
-        return {arch: TrainConfig.defaults(arch).to_dict() for arch in ARCHITECTURES}
+        return {arch: TrainConfig.defaults(arch).to_dict() for arch in architectures()}
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}

@@ -42,6 +42,11 @@ class TrainingJob(models.Model):
     events = models.JSONField(default=list)  # [{"at": ISO time, "message": "..."}], oldest first
     environment = models.JSONField(default=dict)  # package versions of the run: python, tensorflow, ...
     snapshot_hash = models.CharField(max_length=64, blank=True)
+    # What `auto` chose and why, in one sentence ("" for a job that named its architecture).
+    recipe = models.TextField(blank=True)
+    # What a running job is doing: decoding, features, head, fine-tuning, evaluating ("" for epochs of a
+    # from-scratch run). For decoding and features, step/steps count images.
+    phase = models.CharField(max_length=20, blank=True)
     error = models.TextField(blank=True)
     device = models.CharField(max_length=200, blank=True)
     host = models.CharField(max_length=200, blank=True)
@@ -68,9 +73,31 @@ class TrainingJob(models.Model):
         return TrainConfig.from_dict(self.config).total_epochs
 
     @property
+    def is_transfer(self) -> bool:
+        return TrainConfig.from_dict(self.config).is_pretrained
+
+    @property
+    def phase_text(self) -> str:
+        """What the job is doing, in words, for the job page and `train --wait`."""
+        texts = {
+            "decoding": f"decoding {self.steps:,} images at the training size",
+            "features": f"computing features: {self.step:,} of {self.steps:,} images",
+            "head": f"training the head on the cached features: epoch {self.epoch}",
+            "fine-tuning": f"fine-tuning the backbone's top layers: epoch {self.epoch}",
+            "evaluating": "evaluating on the test split",
+        }
+        return texts.get(self.phase, f"epoch {self.epoch} of {self.epochs}")
+
+    @property
+    def transfer_outcome(self) -> dict[str, object] | None:
+        """Which of the frozen head and the fine-tuned model was kept, with their validation accuracy."""
+        version = getattr(self, "model_version", None)
+        return (version.metrics.get("transfer") if version else None) or None
+
+    @property
     def eta_seconds(self) -> float | None:
         """Time left at the current speed, while running."""
-        if self.status != JobStatus.RUNNING or not self.images_per_second or not self.steps:
+        if self.status != JobStatus.RUNNING or not self.images_per_second or not self.steps or self.phase:
             return None
         remaining_steps = (self.epochs - self.epoch) * self.steps - self.step
         batch = int(self.config.get("batch_size", 1))
@@ -88,6 +115,7 @@ class ModelVersion(models.Model):
     classes = models.JSONField()
     metrics = models.JSONField(default=dict)
     snapshot_hash = models.CharField(max_length=64, blank=True)  # of the job's frozen dataset snapshot
+    backbone_sha256 = models.CharField(max_length=64, blank=True)  # the pretrained backbone file it was built on
     file_size = models.PositiveBigIntegerField(default=0)
     # Below this top probability the predictor answers "unknown". Chosen on the
     # validation split when training ends (metrics["rejection"]); admins may change it.

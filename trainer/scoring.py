@@ -24,7 +24,7 @@ from classifier_site.permissions import is_admin
 from classifier_site.queueing import publish
 from datasets.imaging import ImageRejected, load_array
 from datasets.models import Dataset, Image
-from trainer.models import SCORING_STALE, ExportStatus, ScoringRun
+from trainer.models import SCORING_STALE, ExportStatus, ModelVersion, ScoringRun
 from trainer.selectors import model_version_serving
 
 logger = logging.getLogger(__name__)
@@ -156,6 +156,7 @@ def _score(run: ScoringRun) -> None:
 
     version = run.model_version
     predict = compiled_predict(local_model_file(version))
+    predict = _with_cached_features(version, predict)
     # Images added from here on wait for the next run: the total stays true.
     images = Image.objects.filter(dataset_id=run.dataset_id).order_by("pk").only("pk", "file")
     last = images.values_list("pk", flat=True).last() or 0
@@ -174,17 +175,25 @@ def _score_batch(run: ScoringRun, batch: list[Image], predict: Callable[[np.ndar
     from trainer.ml.scoring import scores
 
     version = run.model_version
+    cached = predict if isinstance(predict, _CachedPredict) else None
+    reused = [image for image in batch if cached and cached.known(image.pk)]
     readable: list[Image] = []
     arrays: list[np.ndarray] = []
     for image in batch:
+        if image in reused:
+            continue
         if (array := _pixels(image, version.image_size)) is not None:
             readable.append(image)
             arrays.append(array)
     for image in batch:
         image.suggestion, image.suggestion_model = "", None
         image.suggestion_confidence = image.suggestion_margin = image.suggestion_entropy = None
+    probabilities = [cached.images([i.pk for i in reused])] if cached and reused else []
     if readable:
-        found = scores(predict(np.stack(arrays)))
+        probabilities.append(predict(np.stack(arrays)))
+    readable = reused + readable
+    if readable:
+        found = scores(np.concatenate(probabilities))
         for row, image in enumerate(readable):
             image.suggestion = str(version.classes[int(found.top[row])])
             image.suggestion_confidence = float(found.confidence[row])
@@ -196,6 +205,49 @@ def _score_batch(run: ScoringRun, batch: list[Image], predict: Callable[[np.ndar
         if not _running(run.pk).update(heartbeat_at=timezone.now(), **progress):
             raise _Lost
         Image.objects.bulk_update(batch, SUGGESTION_FIELDS)
+
+
+class _CachedPredict:
+    """Answers images the training job's feature cache holds from their features
+    (the head alone: milliseconds), and the others through the whole model."""
+
+    def __init__(self, features: dict[int, np.ndarray], head: Callable[[np.ndarray], np.ndarray],
+                 model: Callable[[np.ndarray], np.ndarray]) -> None:  # fmt: skip
+        self.features, self.head, self.model = features, head, model
+        self.reused = 0
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self.model(pixels)
+
+    def known(self, image_id: int) -> bool:
+        return image_id in self.features
+
+    def images(self, ids: list[int]) -> np.ndarray:
+        self.reused += len(ids)
+        return self.head(np.stack([self.features[i] for i in ids]))
+
+
+def _with_cached_features(
+    version: ModelVersion, predict: Callable[[np.ndarray], np.ndarray]
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A frozen-head transfer model whose job's features are still cached scores from them."""
+    from classification.predictor import local_model_file
+    from trainer.ml import backbones
+    from trainer.ml.scoring import compiled_head
+    from trainer.snapshots import backbone_sha256, cached_features
+
+    if (version.metrics.get("transfer") or {}).get("kept") != "frozen head" or not version.backbone_sha256:
+        return predict
+    try:
+        backbone = backbones.get(version.arch)
+        if backbone_sha256(backbone) != version.backbone_sha256:
+            return predict  # another file under the same name: its features are not this model's
+        features = cached_features(version.job.snapshot, backbone, image_size=version.image_size)
+    except backbones.WeightsMissing:
+        return predict
+    if not features:
+        return predict
+    return _CachedPredict(features, compiled_head(local_model_file(version)), predict)
 
 
 def _pixels(image: Image, size: int) -> np.ndarray | None:

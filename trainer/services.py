@@ -174,27 +174,78 @@ def _train(job: TrainingJob, attempt: int) -> None:
     # TensorFlow loads here, in the worker, never in web processes.
     from trainer.ml.device import configure_devices, cpu_has_bf16
     from trainer.ml.train import train
-    from trainer.ml.weights import weights_path
 
     device = configure_devices()
-    requested = TrainConfig.from_dict(job.config)
-    if requested.is_pretrained:
-        weights_path(requested.arch)  # a missing file fails the job now, not after loading the data
+    on_gpu = device != "CPU"
+    requested = _recipe(job, attempt, TrainConfig.from_dict(job.config), on_gpu=on_gpu)
+    backbone = _backbone(requested)  # a missing file fails the job now, not after loading the data
     _running(job.pk, attempt).update(device=device[:200], environment=package_versions())
+    reporter = JobReporter(job.pk, attempt, requested.total_epochs, job.history, transfer=backbone is not None)
+    reporter.phase("decoding", 0, len(job.snapshot["images"]))
     data = _load_data(job, requested.image_size)
-    config = requested.resolve(on_gpu=device != "CPU", class_counts=data.class_counts(), cpu_bf16=cpu_has_bf16())
+    config = requested.resolve(on_gpu=on_gpu, class_counts=data.class_counts(), cpu_bf16=cpu_has_bf16())
     _running(job.pk, attempt).update(config=config.to_dict())  # what "run again" repeats
-    reporter = JobReporter(job.pk, attempt, config.total_epochs, job.history)
-    checkpoints = checkpoint_dir(job.pk)
+    try:
+        features = _features(job, data, config, backbone, reporter) if backbone else None
+    except Stopped:
+        if not reporter.lost:
+            _finish(job.pk, JobStatus.CANCELLED, attempt, error="Cancelled by a user.")
+        return
     with tempfile.TemporaryDirectory(prefix=f"job-{job.pk}-") as tmp:
-        result = train(config, data, Path(tmp), reporter, checkpoint_dir=checkpoints, on_gpu=device != "CPU")
+        result = train(config, data, Path(tmp), reporter, checkpoint_dir=checkpoint_dir(job.pk), on_gpu=on_gpu,
+                       features=features)  # fmt: skip
         if reporter.lost:
             logger.warning("job %s: attempt %s no longer owns the job; result dropped", job.pk, attempt)
             return
         if result.stopped_early:
             _finish(job.pk, JobStatus.CANCELLED, attempt, error="Cancelled by a user.")
             return
+        _log_transfer(job.pk, attempt, result.metrics)
         _record_success(job, attempt, config, data, result)
+
+
+def _recipe(job: TrainingJob, attempt: int, requested: TrainConfig, *, on_gpu: bool) -> TrainConfig:
+    """`auto` settled on the data, the device and the installed backbones; the
+    reason goes on the job. (A re-queued attempt finds the chosen config stored.)"""
+    if requested.arch != "auto":
+        return requested
+    from trainer.ml import backbones
+    from trainer.ml.recipe import choose
+    from trainer.snapshots import snapshot_stats
+
+    recipe = choose(requested, snapshot_stats(job.snapshot), on_gpu=on_gpu, installed=backbones.installed())
+    _running(job.pk, attempt).update(recipe=recipe.reason, config=recipe.config.to_dict())
+    _log(job.pk, attempt, f"auto chose {recipe.reason}.")
+    return recipe.config
+
+
+def _backbone(config: TrainConfig) -> Any:
+    if not config.is_pretrained:
+        return None
+    from trainer.ml import backbones
+
+    backbone = backbones.get(config.arch)
+    backbones.installed_path(backbone)
+    return backbone
+
+
+def _features(job: TrainingJob, data: Any, config: TrainConfig, backbone: Any, reporter: "JobReporter") -> Any:
+    from trainer.snapshots import snapshot_features
+
+    features = snapshot_features(job.snapshot, data, backbone, image_size=config.image_size,
+                                 views=config.feature_views, progress=partial(reporter.phase, "features"))  # fmt: skip
+    if features.reused:
+        _log(job.pk, reporter.attempt, "Features reused from the cache (same snapshot, backbone and size).")
+    return features
+
+
+def _log_transfer(job_id: int, attempt: int, metrics: dict[str, Any]) -> None:
+    transfer = metrics.get("transfer")
+    if not transfer or transfer.get("fine_tuned_val_accuracy") is None:
+        return
+    head, tuned = transfer["head_val_accuracy"], transfer["fine_tuned_val_accuracy"]
+    verdict = "kept" if transfer["kept"] == "fine-tuned" else "discarded"
+    _log(job_id, attempt, f"Fine-tuning {verdict}: validation accuracy {tuned:.3f}, the frozen head's {head:.3f}.")
 
 
 def _record_success(job: TrainingJob, attempt: int, config: TrainConfig, data: Any, result: Any) -> None:
@@ -205,7 +256,8 @@ def _record_success(job: TrainingJob, attempt: int, config: TrainConfig, data: A
     evaluated = data.test if split == "test" else data.val
     charts = evaluation_charts(result.metrics, data.classes, prefix=f"evaluations/job-{job.pk}")
     with transaction.atomic():
-        version = model_version_create(job=job, model_dir=result.model_dir, metrics=result.metrics, config=config)
+        version = model_version_create(job=job, model_dir=result.model_dir, metrics=result.metrics, config=config,
+                                       backbone_sha256=_backbone_sha256(config))  # fmt: skip
         predictions = Predictions.of(evaluated, result.probabilities)
         evaluation_record(
             version=version,
@@ -215,7 +267,17 @@ def _record_success(job: TrainingJob, attempt: int, config: TrainConfig, data: A
             predictions=predictions,
             charts=charts,
         )
-        _finish(job.pk, JobStatus.SUCCEEDED, attempt, progress=1.0, epoch=config.total_epochs)
+        epochs = len(result.history.get("loss", [])) or config.total_epochs  # early stopping may end sooner
+        _finish(job.pk, JobStatus.SUCCEEDED, attempt, progress=1.0, epoch=epochs, phase="")
+
+
+def _backbone_sha256(config: TrainConfig) -> str:
+    if not config.is_pretrained:
+        return ""
+    from trainer.ml import backbones
+    from trainer.snapshots import backbone_sha256
+
+    return backbone_sha256(backbones.get(config.arch))
 
 
 def _load_data(job: TrainingJob, image_size: int) -> Any:
@@ -278,27 +340,61 @@ class Heartbeat:
             connections.close_all()  # this thread's own connection
 
 
+class Stopped(Exception):
+    """Raised out of a long phase when the job was cancelled or taken over."""
+
+
+TRANSFER_EPOCH_SHARE = 0.15  # of a transfer job's progress bar: the rest is the feature pass
+
+
 class JobReporter:
     """Writes a running job's progress to its row, and reads its cancel flag."""
 
-    def __init__(self, job_id: int, attempt: int, epochs: int, history: list[dict[str, float]] | None = None) -> None:
+    def __init__(
+        self,
+        job_id: int,
+        attempt: int,
+        epochs: int,
+        history: list[dict[str, float]] | None = None,
+        *,
+        transfer: bool = False,
+    ) -> None:
         self.job_id, self.attempt, self.epochs = job_id, attempt, epochs
         self.history: list[dict[str, float]] = list(history or [])
         self.lost = False  # the reaper gave the job to another attempt
+        # Transfer jobs spend most of their time in the feature pass; epochs on features take seconds.
+        self.share = TRANSFER_EPOCH_SHARE if transfer else 1.0
+        self.last_phase_write = 0.0
+
+    def phase(self, name: str, done: int, total: int) -> None:
+        """What the job is doing now (decoding, features, head, fine-tuning, evaluating), at most a write a second."""
+        now = time.monotonic()
+        if name == "features" and 0 < done < total and now - self.last_phase_write < 1.0:
+            return
+        self.last_phase_write = now
+        fields: dict[str, Any] = {"phase": name, "step": done, "steps": total}
+        if name == "features" and total:
+            fields["progress"] = (1 - self.share) * done / total
+        self._update(**fields)
+        if name == "features" and self.should_stop():
+            raise Stopped  # a cancel takes effect within a second, not after the whole feature pass
 
     def start(self, epoch: int, steps: int) -> None:
         if epoch:
             _log(self.job_id, self.attempt, f"Resumed from the checkpoint after epoch {epoch}.")
         self.history = [h for h in self.history if h.get("epoch", 0) <= epoch]
-        self._update(epoch=epoch, steps=steps, history=self.history, progress=epoch / self.epochs)
+        self._update(epoch=epoch, steps=steps, history=self.history, progress=self._progress(epoch))
 
     def batch_end(self, epoch: int, step: int, steps: int, images_per_second: float) -> None:
-        progress = (epoch + step / max(steps, 1)) / self.epochs
-        self._update(step=step, steps=steps, images_per_second=images_per_second, progress=min(progress, 1.0))
+        progress = self._progress(epoch + step / max(steps, 1))
+        self._update(step=step, steps=steps, images_per_second=images_per_second, progress=progress)
 
     def epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         self.history = [h for h in self.history if h.get("epoch", 0) <= epoch] + [{"epoch": epoch + 1, **logs}]
-        self._update(epoch=epoch + 1, history=self.history, progress=min((epoch + 1) / self.epochs, 1.0))
+        self._update(epoch=epoch + 1, history=self.history, progress=self._progress(epoch + 1))
+
+    def _progress(self, epochs: float) -> float:
+        return min(1 - self.share + self.share * epochs / self.epochs, 1.0)
 
     def should_stop(self) -> bool:
         if self.lost:
@@ -347,7 +443,7 @@ class PromotionRefused(Exception):
 
 
 def model_version_create(
-    *, job: TrainingJob, model_dir: Path, metrics: dict[str, Any], config: TrainConfig
+    *, job: TrainingJob, model_dir: Path, metrics: dict[str, Any], config: TrainConfig, backbone_sha256: str = ""
 ) -> ModelVersion:
     """Store a finished job's model file and record it; the row names its SHA-256.
 
@@ -372,6 +468,7 @@ def model_version_create(
         image_size=config.image_size,
         classes=job.snapshot["classes"],
         snapshot_hash=job.snapshot_hash or str(job.snapshot.get("hash", "")),
+        backbone_sha256=backbone_sha256,
         metrics=metrics,
         rejection_threshold=float((metrics.get("rejection") or {}).get("threshold") or 0.0),
     )

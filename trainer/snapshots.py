@@ -1,15 +1,22 @@
-"""Turning a job's frozen snapshot into the arrays trainer.ml trains on.
+"""Turning a job's frozen snapshot into the arrays and features trainer.ml trains on.
 
 Images are decoded once per (snapshot hash, image size) into uint8 `.npy` files
-under TRAIN_WORK_DIR/arrays; later jobs on the same snapshot and size (another
+under TRAIN_WORK_DIR/arrays, at the training size (large JPEGs decode at a
+reduced DCT scale); later jobs on the same snapshot and size (another
 architecture, "run again", a resumed attempt) memory-map them instead of
 decoding again, and a dataset larger than memory streams from the page cache.
+Frozen-backbone features are cached the same way under TRAIN_WORK_DIR/features,
+keyed by the image cache, the backbone file's SHA-256 and the size.
 """
 
+import functools
 import hashlib
 import logging
 import shutil
+import statistics
 import tempfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +26,13 @@ from django.core.files.storage import default_storage
 
 from datasets.imaging import ImageRejected, load_array
 from datasets.models import Image, Split
+from trainer.ml.backbones import Backbone, feature_extractor, file_digest, installed_path
+from trainer.ml.features import Features, Progress, cached_or_computed
+from trainer.ml.recipe import DataStats
 from trainer.ml.train import Split as ArraySplit
 from trainer.ml.train import TrainData
+
+GREYSCALE_SAMPLE = 64  # images decoded to tell greyscale data from colour
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +95,14 @@ def _write_split(folder: Path, split: str, items: list[tuple[int, str | None, in
     x = np.lib.format.open_memmap(folder / f"{split}_x.npy", mode="w+", dtype=np.uint8, shape=shape)
     labels: list[int] = []
     ids: list[int] = []  # which image each row is: evaluation reports link back to them
-    for pk, name, label in items:
-        array = _read(name, image_size)
-        if array is not None:
-            x[len(labels)] = array
-            labels.append(label)
-            ids.append(pk)
+    # Pillow and file reads release the GIL: decode on every core, in order.
+    with ThreadPoolExecutor(max_workers=settings.IMPORT_THREADS) as pool:
+        arrays = pool.map(functools.partial(_read, image_size=image_size), (name for _, name, _ in items))
+        for (pk, _, label), array in zip(items, arrays, strict=True):
+            if array is not None:
+                x[len(labels)] = array
+                labels.append(label)
+                ids.append(pk)
     x.flush()
     del x
     if len(labels) < len(items):  # skipped images: shrink the file to the rows written
@@ -100,6 +114,7 @@ def _write_split(folder: Path, split: str, items: list[tuple[int, str | None, in
 
 
 def _read(name: str | None, image_size: int) -> np.ndarray | None:
+    # Every image at the training size, once: large JPEGs decode at a reduced scale (Pillow's draft).
     if name is None:  # deleted since the snapshot was taken
         return None
     try:
@@ -108,3 +123,79 @@ def _read(name: str | None, image_size: int) -> np.ndarray | None:
     except (OSError, ImageRejected) as exc:
         logger.warning("skipping %s: %s", name, exc)
         return None
+
+
+def snapshot_stats(snapshot: dict[str, Any]) -> DataStats:
+    """What `auto` decides on: counts per class and the images' sizes (from their
+    rows), and whether a sample of them is greyscale."""
+    entries = snapshot["images"]
+    rows = list(Image.objects.filter(pk__in=[e[0] for e in entries]).values_list("width", "height", "file"))
+    sides = [min(w, h) for w, h, _ in rows if w and h] or [0]
+    per_class = Counter(label for _, label, _ in entries)
+    sample = [name for _, _, name in rows[:: max(len(rows) // GREYSCALE_SAMPLE, 1)]][:GREYSCALE_SAMPLE]
+    return DataStats(
+        images=len(entries),
+        classes=len(snapshot["classes"]),
+        median_per_class=float(statistics.median(per_class.values())) if per_class else 0.0,
+        median_side=float(statistics.median(sides)),
+        greyscale=_greyscale(sample),
+    )
+
+
+def _greyscale(names: list[str]) -> bool:
+    arrays = [a for a in (_read(name, 32) for name in names) if a is not None]
+    return bool(arrays) and all(bool((a == a[..., :1]).all()) for a in arrays)
+
+
+def snapshot_features(
+    snapshot: dict[str, Any],
+    data: TrainData,
+    backbone: Backbone,
+    *,
+    image_size: int,
+    views: int = 1,
+    progress: Progress | None = None,
+) -> Features:
+    """The backbone's features of the snapshot's decoded images, from the cache or computed once."""
+    folder = features_folder(snapshot, backbone, image_size=image_size)
+    splits = {"train": data.train, "val": data.val, "test": data.test}
+    return cached_or_computed(
+        folder,
+        lambda: feature_extractor(backbone, image_size),
+        {name: split.x for name, split in splits.items()},
+        {name: split.ids if split.ids is not None else np.arange(len(split)) for name, split in splits.items()},
+        views=views,
+        progress=progress,
+    )
+
+
+def cached_features(snapshot: dict[str, Any], backbone: Backbone, *, image_size: int) -> dict[int, np.ndarray]:
+    """Features a job on `snapshot` left in the cache, by image id ({} when there are none)."""
+    folder = features_folder(snapshot, backbone, image_size=image_size)
+    if not (folder / "complete").exists():
+        return {}
+    found: dict[int, np.ndarray] = {}
+    for split in ("train", "val", "test"):
+        rows = np.load(folder / f"{split}.npy", mmap_mode="r")[0]
+        found.update(zip(np.load(folder / f"{split}_ids.npy").tolist(), rows, strict=True))
+    return found
+
+
+def features_folder(snapshot: dict[str, Any], backbone: Backbone, *, image_size: int) -> Path:
+    """Keyed by the decoded-image cache (snapshot, files, size) and the backbone file's SHA-256:
+    another snapshot or another backbone file never reads these features."""
+    files = dict(Image.objects.filter(pk__in=[e[0] for e in snapshot["images"]]).values_list("pk", "file"))
+    images = cache_folder(snapshot, files, image_size).name
+    return Path(settings.TRAIN_WORK_DIR) / "features" / f"{images}-{backbone.name}-{backbone_sha256(backbone)[:16]}"
+
+
+def backbone_sha256(backbone: Backbone) -> str:
+    """The installed file's SHA-256, remembered while the file is unchanged."""
+    path = installed_path(backbone)
+    stat = path.stat()
+    return _digest(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    return file_digest(Path(path), "sha256")

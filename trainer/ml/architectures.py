@@ -9,9 +9,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from trainer.ml.config import BACKBONES, TrainConfig
+from trainer.ml.config import TrainConfig
 from trainer.ml.layers import Mirror
-from trainer.ml.weights import weights_path
 
 # resnet channel widths of the three blocks (airbench's are 64, 256, 256).
 RESNET_WIDTHS = {"small": (16, 64, 64), "medium": (32, 128, 128), "large": (64, 256, 256)}
@@ -65,7 +64,8 @@ def build_model(config: TrainConfig, num_classes: int, stats: PixelStats | None 
         return build_baseline(config.image_size, num_classes)
     if config.arch == "resnet":
         return build_resnet(config, num_classes, stats or PixelStats.neutral())
-    return build_pretrained(config, num_classes)
+    # Pretrained backbones train features first, through trainer.ml.transfer.
+    raise ValueError(f"{config.arch} is not a from-scratch architecture")
 
 
 def build_baseline(image_size: int, num_classes: int) -> Any:
@@ -91,7 +91,7 @@ def build_resnet(config: TrainConfig, num_classes: int, stats: PixelStats) -> An
     scaled-down logits."""
     widths = RESNET_WIDTHS[config.size if config.size != "auto" else "medium"]
     inputs = keras.Input(shape=(config.image_size, config.image_size, 3), dtype="uint8", name="image")
-    x = _augment(inputs, config)
+    x = augment(inputs, config)
     x = layers.Normalization(mean=stats.mean, variance=stats.variance, dtype="float32", name="normalize")(x)
     whiten = layers.Conv2D(24, 2, use_bias=False, trainable=False, name="stem_whiten")
     x = layers.ReLU(name="stem_relu")(whiten(x))
@@ -117,34 +117,7 @@ def _conv_bn(x: Any, filters: int, name: str, *, pool: bool = False) -> Any:
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def build_pretrained(config: TrainConfig, num_classes: int) -> Any:
-    """An ImageNet backbone, frozen and called in inference mode (its batch-norm
-    statistics stay ImageNet's even when fine-tuning), under a new classifier head."""
-    application, alpha, _ = BACKBONES[config.arch]
-    path = weights_path(config.arch)  # fails before any work when the file is missing
-    kwargs = {"alpha": alpha} if application.startswith("MobileNet") else {}
-    shape = (config.image_size, config.image_size, 3)
-    base = getattr(keras.applications, application)(input_shape=shape, include_top=False, weights=None, **kwargs)
-    base.load_weights(str(path))
-    base.trainable = False
-    inputs = keras.Input(shape=shape, dtype="uint8", name="image")
-    x = _augment(inputs, config)
-    if application.startswith("MobileNet"):
-        x = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(x)  # what MobileNets were trained on
-    # EfficientNet rescales and normalises inside itself, from 0-255.
-    x = base(x, training=False)
-    x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dropout(0.2)(x)
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=config.arch)
-
-
-def backbone(model: Any) -> Any:
-    """The pretrained base inside a build_pretrained model."""
-    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
-
-
-def _augment(inputs: Any, config: TrainConfig) -> Any:
+def augment(inputs: Any, config: TrainConfig) -> Any:
     """uint8 to float32, then the configured augmentations (no-ops at inference)."""
     x = layers.Rescaling(1.0, dtype="float32", name="to_float")(inputs)
     seed = config.seed

@@ -14,14 +14,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-# Pretrained backbones: name -> (Keras application, width multiplier alpha, default image size).
-BACKBONES: dict[str, tuple[str, float, int]] = {
-    "mobilenetv2": ("MobileNetV2", 1.0, 96),
-    "mobilenetv2_035": ("MobileNetV2", 0.35, 96),
-    "mobilenet": ("MobileNet", 0.25, 128),
-    "efficientnetb0": ("EfficientNetB0", 1.0, 96),
-}
-ARCHITECTURES = ("resnet", "baseline", *BACKBONES)
+from trainer.ml.backbones import CATALOGUE, known
+
+# "auto" picks one of the others when the run starts (trainer.ml.recipe); "resnet"
+# and "baseline" train from scratch; every other name is a pretrained backbone.
+FROM_SCRATCH = ("resnet", "baseline")
+ARCHITECTURES = ("auto", *FROM_SCRATCH, *CATALOGUE)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("one_cycle", "cosine", "constant")
 SIZES = ("auto", "small", "medium", "large")
@@ -40,10 +38,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # The fields a new-job form shows first; the rest sit in its advanced section.
 BASIC_FIELDS = ("arch", "epochs", "batch_size", "learning_rate", "image_size")
 HELP = {
-    "arch": "resnet: fast from-scratch CNN; baseline: the seed notebook's CNN; the others are ImageNet backbones.",
+    "arch": "auto: chosen from the data when the job starts (from scratch for small images with enough of them, "
+    "else the strongest installed backbone); resnet: fast from-scratch CNN; baseline: the seed notebook's CNN; "
+    "the others are ImageNet backbones.",
     "size": "resnet width. auto: large on a GPU, medium on a CPU.",
     "batch_size": "Halved (with an SGD learning rate) until an epoch has at least 10 steps on small datasets.",
-    "epochs": "For pretrained backbones: epochs training the new head on the frozen base.",
+    "epochs": "For pretrained backbones: the most epochs training the new head on the cached frozen features "
+    "(early stopping usually ends it sooner).",
     "learning_rate": "The peak rate of the one-cycle schedule.",
     "warmup_fraction": "One-cycle: share of the steps rising to the peak rate.",
     "translate": "Random shift as a fraction of the side (2 px at 32 px = 0.0625), border reflected.",
@@ -57,8 +58,13 @@ HELP = {
     "flip_tta": "Predict on the image and its mirror and average the two.",
     "mixed_precision": "auto: float16 compute on a GPU, bfloat16 on a CPU with bfloat16 units (AMX, AVX-512 BF16), "
     "full precision elsewhere.",
-    "fine_tune_epochs": "Pretrained backbones: epochs fine-tuning the whole network after the head.",
+    "fine_tune_epochs": "Pretrained backbones: epochs fine-tuning the backbone's top layers after the head "
+    "(0 = off); kept only if it beats the frozen head on validation.",
     "fine_tune_learning_rate": "Pretrained backbones: the (low) rate for fine-tuning.",
+    "fine_tune_layers": "Pretrained backbones: how many of the backbone's top layers fine-tuning trains "
+    "(batch normalisation stays frozen).",
+    "feature_views": "Pretrained backbones: views of each training image whose features are cached: "
+    "1 the image, 2 also its mirror.",
 }
 
 
@@ -72,7 +78,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    arch: str = "resnet"
+    arch: str = "auto"
     # resnet width: small (16/64/64 channels), medium (32/128/128), large (64/256/256, airbench's);
     # auto = large on a GPU, medium on a CPU.
     size: str = "auto"
@@ -101,10 +107,12 @@ class TrainConfig:
     # Pretrained backbones: `epochs` train the head on the frozen base, then these fine-tune it all.
     fine_tune_epochs: int = 0
     fine_tune_learning_rate: float = 1e-5
+    fine_tune_layers: int = 30
+    feature_views: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_choice("arch", self.arch, ARCHITECTURES)
+        _check_choice("arch", self.arch, architectures())
         _check_choice("size", self.size, SIZES)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
         _check_choice("schedule", self.schedule, SCHEDULES)
@@ -113,6 +121,8 @@ class TrainConfig:
         _check_range("image_size", self.image_size, 24, 512)
         _check_range("epochs", self.epochs, 1, 1000)
         _check_range("fine_tune_epochs", self.fine_tune_epochs, 0, 1000)
+        _check_range("fine_tune_layers", self.fine_tune_layers, 1, 1000)
+        _check_range("feature_views", self.feature_views, 1, 2)
         _check_range("batch_size", self.batch_size, 1, 4096)
         _check_range("early_stopping_patience", self.early_stopping_patience, 0, 1000)
         _check_range("seed", self.seed, 0, 2**31 - 1)
@@ -123,12 +133,12 @@ class TrainConfig:
                            ("translate", 0.5), ("rotation", 180), ("zoom", 0.9), ("contrast", 1)):  # fmt: skip
             if not 0 <= getattr(self, name) <= high:
                 raise ConfigError(f"{name}: must be between 0 and {high:g}")
-        if self.image_size < 32 and self.arch in BACKBONES:
+        if self.image_size < 32 and self.is_pretrained:
             raise ConfigError(f"image_size: {self.arch} needs at least 32 px")
 
     @property
     def is_pretrained(self) -> bool:
-        return self.arch in BACKBONES
+        return self.arch not in ("auto", *FROM_SCRATCH)
 
     @property
     def total_epochs(self) -> int:
@@ -141,20 +151,25 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def defaults(cls, arch: str = "resnet") -> "TrainConfig":
+    def defaults(cls, arch: str = "auto") -> "TrainConfig":
         """The recommended config for an architecture."""
-        _check_choice("arch", arch, ARCHITECTURES)
+        _check_choice("arch", arch, architectures())
         if arch == "baseline":
             # The seed notebook: Adam 1e-3, 10 epochs of batch 64, nothing else.
             return cls(arch=arch, epochs=10, batch_size=64, optimizer="adam", learning_rate=1e-3,
                        schedule="constant", weight_decay=0.0, label_smoothing=0.0, flip=False, translate=0.0,
                        class_weighting="off", weight_averaging=False, flip_tta=False,
                        mixed_precision="off")  # fmt: skip
-        if arch in BACKBONES:
-            return cls(arch=arch, image_size=BACKBONES[arch][2], epochs=5, batch_size=64, optimizer="adam",
-                       learning_rate=1e-3, schedule="constant", weight_decay=0.0, label_smoothing=0.1,
-                       translate=0.1, rotation=10.0, zoom=0.1, weight_averaging=False, flip_tta=False,
-                       fine_tune_epochs=3, fine_tune_learning_rate=1e-5)  # fmt: skip
+        if arch not in ("auto", *FROM_SCRATCH):
+            # Features first: the head trains on cached frozen features (so epochs are
+            # cheap and early stopping decides); augmentation only matters to fine-tuning.
+            # Head settings measured on CIFAR-10 300/class features (README "Choosing a recipe"): an L2
+            # penalty (weight_decay) and input dropout matched scikit-learn's logistic regression.
+            return cls(arch=arch, image_size=known()[arch].image_size, epochs=200, batch_size=64, optimizer="adam",
+                       learning_rate=3e-3, schedule="constant", weight_decay=1e-3, label_smoothing=0.0,
+                       translate=0.1, rotation=10.0, zoom=0.1, early_stopping_patience=20, weight_averaging=False,
+                       flip_tta=False, mixed_precision="off", fine_tune_epochs=0,
+                       fine_tune_learning_rate=3e-5)  # fmt: skip
         return cls(arch=arch)
 
     @classmethod
@@ -193,6 +208,11 @@ class TrainConfig:
             batch_size=batch_size,
             learning_rate=learning_rate,
         )
+
+
+def architectures() -> tuple[str, ...]:
+    """ARCHITECTURES and the backbone files installed here."""
+    return (*ARCHITECTURES, *(name for name in known() if name not in CATALOGUE))
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -33,6 +33,23 @@ def scores(probabilities: np.ndarray) -> Scores:
     return Scores(top=top, confidence=p[rows, top], margin=p[rows, top] - second, entropy=entropy)
 
 
+def compiled_head(model_path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """The head of a features-first transfer model (trainer.ml.transfer): cached
+    backbone features (n, dim) in, the model's probabilities out."""
+    import keras
+
+    from trainer.ml.export import load_model
+
+    model = load_model(model_path)
+    position = next(i for i, layer in enumerate(model.layers) if layer.name.endswith("_features"))
+    extractor = model.layers[position]
+    x = inputs = keras.Input(shape=extractor.output.shape[1:])
+    for layer in model.layers[position + 1 :]:
+        x = layer(x)
+    head = keras.Model(inputs, x)
+    return lambda features: np.asarray(head(features, training=False))
+
+
 def compiled_predict(model_path: Path) -> Callable[[np.ndarray], np.ndarray]:
     """The `.keras` model at `model_path` as one traced function: uint8 (n, size,
     size, 3) in, probabilities (n, classes) out, for any n without retracing."""

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.ml.architectures import PixelStats, backbone, build_model, with_flip_tta
+from trainer.ml.architectures import PixelStats, build_model, with_flip_tta
 from trainer.ml.config import TrainConfig
 from trainer.ml.layers import OneCycle
 from trainer.ml.metrics import SUMMARY_METRICS, rejection_threshold, report
@@ -28,7 +28,6 @@ logger = logging.getLogger(__name__)
 IN_MEMORY_BYTES = 2 * 1024**3
 MODEL_FILE = "model.keras"
 RUN_FILE = "run.json"
-_HEAD_DONE = "head.weights.h5"  # pretrained backbones: the head phase finished
 
 
 class Reporter(Protocol):
@@ -38,6 +37,7 @@ class Reporter(Protocol):
     def epoch_end(self, epoch: int, logs: dict[str, float]) -> None: ...
     def batch_end(self, epoch: int, step: int, steps: int, images_per_second: float) -> None: ...
     def should_stop(self) -> bool: ...
+    def phase(self, name: str, done: int, total: int) -> None: ...
 
 
 @dataclass
@@ -81,10 +81,16 @@ def train(
     *,
     checkpoint_dir: Path | None = None,
     on_gpu: bool = False,
+    features: Any = None,
 ) -> TrainResult:
-    """Train `config` (already resolved: no "auto" left) on `data` and save the model to `out_dir`."""
+    """Train `config` (already resolved: no "auto" left) on `data` and save the model to `out_dir`.
+    Pretrained backbones train on `features` (trainer.ml.features; computed here, uncached, if not given)."""
     if len(data.train) == 0:
         raise ValueError("the training split is empty")
+    if config.arch == "auto":
+        raise ValueError("arch 'auto' must be resolved first (trainer.ml.recipe.choose)")
+    if config.is_pretrained:
+        return _train_transfer(config, data, out_dir, reporter, features)
     keras.utils.set_random_seed(config.seed)
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision_policy(config, on_gpu))
@@ -92,6 +98,22 @@ def train(
         return _train(config, data, out_dir, reporter, checkpoint_dir, on_gpu)
     finally:
         keras.mixed_precision.set_global_policy(policy)
+
+
+def _train_transfer(
+    config: TrainConfig, data: TrainData, out_dir: Path, reporter: Reporter | None, features: Any
+) -> TrainResult:
+    from trainer.ml import backbones
+    from trainer.ml.features import Features, extract
+    from trainer.ml.transfer import train_transfer
+
+    backbone = backbones.get(config.arch)
+    if features is None:
+        extractor = backbones.feature_extractor(backbone, config.image_size)
+        views = {"train": config.feature_views, "val": 1, "test": 1}
+        train, val, test = (extract(extractor, getattr(data, s).x, views=views[s]) for s in views)
+        features = Features(train, val, test)
+    return train_transfer(config, data, features, backbone, out_dir, reporter)
 
 
 def precision_policy(config: TrainConfig, on_gpu: bool) -> str:
@@ -121,9 +143,6 @@ def _train(
     fit = _Fit(config, model, train_ds, val_ds, steps, progress, checkpoint_dir, on_gpu)
 
     history = fit.run(config.learning_rate, first=0, last=config.epochs, phase="head")
-    if config.is_pretrained and config.fine_tune_epochs and not fit.stopped:
-        backbone(model).trainable = True  # still called with training=False: its BN stays frozen
-        history = _merge(history, fit.run(config.fine_tune_learning_rate, config.epochs, config.total_epochs, "tune"))
 
     evaluated_split = data.test if len(data.test) else data.val
     served = with_flip_tta(model) if config.flip_tta else model
@@ -163,11 +182,6 @@ class _Fit:
         self.seconds = 0.0
 
     def run(self, learning_rate: float, first: int, last: int, phase: str) -> dict[str, list[float]]:
-        head_done = self.checkpoint_dir / _HEAD_DONE if self.checkpoint_dir else None
-        if phase == "head" and head_done and head_done.exists() and self.config.fine_tune_epochs:
-            self.model.load_weights(head_done)  # resumed after the head phase had finished
-            self.resumed_from = max(self.resumed_from, last)
-            return {}
         self._compile(learning_rate, epochs=last - first)
         callbacks: list[Any] = []
         if self.checkpoint_dir:
@@ -196,8 +210,6 @@ class _Fit:
         if self.progress and self.progress.first_epoch is not None:
             self.resumed_from = max(self.resumed_from, self.progress.first_epoch)
         self.stopped = bool(self.progress and self.progress.stopped)
-        if phase == "head" and head_done and not self.stopped:
-            self.model.save_weights(head_done)
         return {k: [float(v) for v in vs] for k, vs in fit.history.items()}
 
     def _compile(self, learning_rate: float, epochs: int) -> None:
@@ -228,10 +240,6 @@ class _Fit:
             jit_compile="auto" if self.on_gpu else False,
             steps_per_execution=8 if self.on_gpu else 1,
         )
-
-
-def _merge(first: dict[str, list[float]], second: dict[str, list[float]]) -> dict[str, list[float]]:
-    return {k: first.get(k, []) + second.get(k, []) for k in {*first, *second}}
 
 
 def _class_weights(data: TrainData, config: TrainConfig) -> np.ndarray | None:

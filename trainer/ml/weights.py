@@ -1,67 +1,67 @@
-"""ImageNet weights for the pretrained backbones, from Keras' cache ($KERAS_HOME/models).
+"""Installing backbone files (see trainer.ml.backbones for the catalogue).
 
 Workers never download during a job: a missing file fails the job at once with
 the command that installs it (`manage.py fetch_weights`, on a connected host or
 from a folder of files).
 """
 
-import os
-import shutil
 from pathlib import Path
 
-from trainer.ml.config import BACKBONES
+from trainer.ml.backbones import (
+    Backbone,
+    BackboneFileRefused,
+    Installed,
+    WeightsMissing,
+    cache_dir,
+    describe_file,
+    get,
+    install_copy,
+    installed_path,
+    keras_home,
+)
 
-# Keras' file names for the 224 px ImageNet checkpoints without the classifier head.
-# Their tensor shapes do not depend on the input size, so they serve every size.
-WEIGHT_FILES = {
-    "mobilenetv2": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
-    "mobilenetv2_035": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
-    "mobilenet": "mobilenet_2_5_224_tf_no_top.h5",
-    "efficientnetb0": "efficientnetb0_notop.h5",
-}
-
-
-class WeightsMissing(RuntimeError):
-    """The backbone's weight file is not in the cache; the message says how to install it."""
-
-
-def cache_dir() -> Path:
-    # Keras reads KERAS_HOME once, at import; the settings module sets it for workers.
-    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
+__all__ = ["BackboneFileRefused", "WeightsMissing", "cache_dir", "download", "install_file", "install_from"]
 
 
 def weights_path(arch: str) -> Path:
-    """The installed weight file for `arch`, or WeightsMissing saying how to get it."""
-    path = cache_dir() / WEIGHT_FILES[arch]
-    if not path.is_file() or path.stat().st_size == 0:
-        raise WeightsMissing(
-            f"ImageNet weights for {arch} are not installed: {path} is missing. On a host with internet "
-            f"access run `python manage.py fetch_weights {arch}`; offline, copy {WEIGHT_FILES[arch]} into "
-            f"{path.parent} (or run `python manage.py fetch_weights --from DIR`)."
-        )
-    return path
+    """The installed file for backbone `arch`, or WeightsMissing saying how to get it."""
+    return installed_path(get(arch))
 
 
-def install_from(folder: Path, archs: list[str]) -> list[Path]:
-    """Copy the weight files of `archs` found in `folder` into the cache (no network)."""
-    target = cache_dir()
-    target.mkdir(parents=True, exist_ok=True)
-    copied = []
-    for arch in archs:
-        source = folder / WEIGHT_FILES[arch]
-        if source.is_file():
-            temporary = target / f".{source.name}.part"
-            shutil.copyfile(source, temporary)
-            temporary.replace(target / source.name)  # never a half-copied file under the real name
-            copied.append(target / source.name)
-    return copied
+def source_name(backbone: Backbone) -> str:
+    """The file name `install_from` looks for in a folder."""
+    return backbone.source_file or backbone.weight_file
 
 
-def download(arch: str) -> Path:
-    """Let Keras download the weights into its cache (needs internet access)."""
-    import keras
+def install_from(folder: Path, backbones: list[Backbone]) -> list[Installed]:
+    """Copy the files of `backbones` found in `folder` into place (no network),
+    each checked against its published hash first."""
+    return [install_copy(b, folder / source_name(b)) for b in backbones if (folder / source_name(b)).is_file()]
 
-    application, alpha, _ = BACKBONES[arch]
-    kwargs = {"alpha": alpha} if application.startswith("MobileNet") else {}
-    getattr(keras.applications, application)(input_shape=(224, 224, 3), include_top=False, weights="imagenet", **kwargs)
-    return weights_path(arch)
+
+def install_file(
+    *, path: Path, name: str, feature_layer: str, image_size: int, builtin_preprocessing: bool, title: str = ""
+) -> Installed:
+    """Install an operator's own `.keras` backbone under `name`."""
+    backbone = describe_file(
+        name=name,
+        path=path,
+        feature_layer=feature_layer,
+        image_size=image_size,
+        builtin_preprocessing=builtin_preprocessing,
+        title=title,
+    )
+    return install_copy(backbone, path)
+
+
+def download(backbone: Backbone) -> Path:
+    """Let Keras download the weights into its cache, checking its published hash
+    (needs internet access)."""
+    if backbone.is_file:
+        raise WeightsMissing(f"{backbone.title} has no download: install its file with `fetch_weights --from DIR`")
+    from keras.utils import get_file
+
+    # cache_dir named: Keras read KERAS_HOME once at import, the catalogue reads it now.
+    get_file(backbone.weight_file, backbone.url, cache_dir=str(keras_home()), cache_subdir="models",
+             file_hash=backbone.keras_hash or None)  # fmt: skip
+    return installed_path(backbone)

@@ -29,7 +29,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("dataset", help="dataset name or id")
-        parser.add_argument("--arch", choices=ARCHITECTURES)
+        # Not argparse choices: backbone files installed here are architectures too (the config checks).
+        parser.add_argument("--arch", help=f"default auto; any of {', '.join(ARCHITECTURES)} or an installed backbone")
         parser.add_argument("--epochs", type=int)
         parser.add_argument("--batch-size", type=int)
         parser.add_argument("--learning-rate", type=float)
@@ -66,7 +67,7 @@ class Command(BaseCommand):
         elif options["wait"]:
             follow(
                 job, name="job", queue="gpu", timeout=options["timeout"],
-                progress=lambda: f"job {job.pk}: {job.status} epoch {job.epoch}/{job.epochs} ({job.progress:.0%})",
+                progress=lambda: f"job {job.pk}: {job.status}, {job.phase_text} ({job.progress:.0%})",
                 out=None if options["json"] else self.stderr,
             )  # fmt: skip
         job.refresh_from_db()
@@ -82,11 +83,17 @@ class Command(BaseCommand):
             "error": job.error,
             "model_version": version.pk if version else None,
             "accuracy": version.accuracy if version else None,
+            "arch": job.config.get("arch"),
+            "recipe": job.recipe,
+            "kept": (job.transfer_outcome or {}).get("kept"),
+            "seconds": (job.finished_at - job.created_at).total_seconds() if job.finished_at else None,
         }
         if as_json:
             self.stdout.write(json.dumps(summary))
             return
         self.stdout.write(f"Job {job.pk}: {job.status}")
+        if job.recipe:
+            self.stdout.write(f"auto chose {job.recipe}")
         if version:
             self.stdout.write(f"Model version {version.pk}, accuracy {version.accuracy:.4f} on its test split")
 
