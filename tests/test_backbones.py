@@ -130,9 +130,16 @@ def test_install_refuses_a_missing_layer_and_missing_options(tmp_path):
     assert "company_net" not in backbones.known()
     with pytest.raises(CommandError, match="--install needs --feature-layer, --image-size"):
         call_command("fetch_weights", "--install", str(model), "--name", "company_net")
-    with pytest.raises(CommandError, match="not a catalogue name"):
-        call_command("fetch_weights", "--install", str(model), "--name", "mobilenet", "--feature-layer", "features",
+    for taken in ("mobilenet", "auto", "resnet"):
+        with pytest.raises(CommandError, match="not a catalogue name or auto, resnet, baseline"):
+            call_command("fetch_weights", "--install", str(model), "--name", taken, "--feature-layer", "features",
+                         "--image-size", "32")  # fmt: skip
+    legacy = tmp_path / "ours.h5"
+    legacy.write_bytes(model.read_bytes()[:100])
+    with pytest.raises(CommandError, match=r"is not a \.keras model file"):
+        call_command("fetch_weights", "--install", str(legacy), "--name", "old_net", "--feature-layer", "features",
                      "--image-size", "32")  # fmt: skip
+    assert not {"old_net", "auto", "resnet"} & set(backbones.known())
 
 
 def test_download_failures_are_listed_one_per_backbone(monkeypatch):

@@ -325,3 +325,21 @@ def test_a_cancel_stops_the_job_during_the_feature_pass(tiny, colour_dataset, mo
     training_job_run(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == "cancelled" and job.phase == "features" and not hasattr(job, "model_version")
+
+
+@pytest.mark.django_db
+def test_a_from_scratch_job_leaves_the_decoding_phase_and_jobs_on_unknown_backbones_still_render(colour_dataset):
+    from trainer.models import TrainingJob
+    from trainer.services import JobReporter, training_job_start
+
+    job = training_job_start(dataset=colour_dataset, config=TrainConfig.from_dict({"arch": "resnet"}), enqueue=False)
+    TrainingJob.objects.filter(pk=job.pk).update(status="running", attempts=1)
+    reporter = JobReporter(job.pk, 1, 12)
+    reporter.phase("decoding", 0, 120)
+    reporter.start(0, 10)
+    reporter.batch_end(0, 5, 10, images_per_second=100.0)
+    job.refresh_from_db()
+    assert job.phase == "" and job.phase_text == "epoch 0 of 12" and job.eta_seconds is not None
+    # A backbone file installed on a worker host only: this process has no such architecture.
+    elsewhere = TrainingJob(dataset=colour_dataset, config={"arch": "company_net", "epochs": 50, "fine_tune_epochs": 2})
+    assert elsewhere.epochs == 52 and elsewhere.is_transfer

@@ -8,7 +8,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from datasets.models import Dataset
-from trainer.ml.config import TrainConfig
+from trainer.ml.config import is_pretrained_arch
 
 
 class JobStatus(models.TextChoices):
@@ -70,11 +70,14 @@ class TrainingJob(models.Model):
     @property
     def epochs(self) -> int:
         """All epochs of the run: for pretrained backbones, head plus fine-tuning."""
-        return TrainConfig.from_dict(self.config).total_epochs
+        # From the stored values, not TrainConfig: a backbone file installed on a worker host
+        # only is not an architecture this web process knows, and its jobs must still render.
+        fine_tune = int(self.config.get("fine_tune_epochs") or 0) if self.is_transfer else 0
+        return int(self.config.get("epochs") or 0) + fine_tune
 
     @property
     def is_transfer(self) -> bool:
-        return TrainConfig.from_dict(self.config).is_pretrained
+        return is_pretrained_arch(str(self.config.get("arch", "")))
 
     @property
     def phase_text(self) -> str:

@@ -234,14 +234,15 @@ def _with_cached_features(
     from classification.predictor import local_model_file
     from trainer.ml import backbones
     from trainer.ml.scoring import compiled_head
-    from trainer.snapshots import backbone_sha256, cached_features
+    from trainer.snapshots import backbone_key, cached_features
 
-    if (version.metrics.get("transfer") or {}).get("kept") != "frozen head" or not version.backbone_sha256:
+    transfer = version.metrics.get("transfer") or {}
+    if transfer.get("kept") != "frozen head" or not transfer.get("backbone_key"):
         return predict
     try:
         backbone = backbones.get(version.arch)
-        if backbone_sha256(backbone) != version.backbone_sha256:
-            return predict  # another file under the same name: its features are not this model's
+        if backbone_key(backbone) != transfer["backbone_key"]:
+            return predict  # another file or feature layer under the same name: not this model's features
         features = cached_features(version.job.snapshot, backbone, image_size=version.image_size)
     except backbones.WeightsMissing:
         return predict

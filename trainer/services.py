@@ -252,6 +252,8 @@ def _record_success(job: TrainingJob, attempt: int, config: TrainConfig, data: A
     """The model file, its evaluation report and the job's success, all or nothing."""
     from trainer.evaluations import Predictions, evaluation_charts, evaluation_record
 
+    if "transfer" in result.metrics:  # what scoring checks before it reuses this job's cached features
+        result.metrics["transfer"]["backbone_key"] = _backbone_key(config)
     split = result.metrics.get("evaluated_on", "test")
     evaluated = data.test if split == "test" else data.val
     charts = evaluation_charts(result.metrics, data.classes, prefix=f"evaluations/job-{job.pk}")
@@ -278,6 +280,13 @@ def _backbone_sha256(config: TrainConfig) -> str:
     from trainer.snapshots import backbone_sha256
 
     return backbone_sha256(backbones.get(config.arch))
+
+
+def _backbone_key(config: TrainConfig) -> str:
+    from trainer.ml import backbones
+    from trainer.snapshots import backbone_key
+
+    return backbone_key(backbones.get(config.arch))
 
 
 def _load_data(job: TrainingJob, image_size: int) -> Any:
@@ -383,7 +392,8 @@ class JobReporter:
         if epoch:
             _log(self.job_id, self.attempt, f"Resumed from the checkpoint after epoch {epoch}.")
         self.history = [h for h in self.history if h.get("epoch", 0) <= epoch]
-        self._update(epoch=epoch, steps=steps, history=self.history, progress=self._progress(epoch))
+        phase = {} if self.share < 1 else {"phase": ""}  # from scratch: epochs from here on, not decoding
+        self._update(epoch=epoch, steps=steps, history=self.history, progress=self._progress(epoch), **phase)
 
     def batch_end(self, epoch: int, step: int, steps: int, images_per_second: float) -> None:
         progress = self._progress(epoch + step / max(steps, 1))

@@ -65,8 +65,8 @@ def cache_folder(snapshot: dict[str, Any], files: dict[int, str], image_size: in
     digest = hashlib.sha256(snapshot["hash"].encode())
     for pk, _, _ in snapshot["images"]:
         digest.update(f"{pk}:{files.get(pk, '')}\n".encode())
-    # "v2": the cache layout with image ids beside the pixels; older folders are not read.
-    return Path(settings.TRAIN_WORK_DIR) / "arrays" / f"{digest.hexdigest()[:32]}-{image_size}px-v2"
+    # "v3": large JPEGs decoded with Pillow's draft, as serving now does; older folders are not read.
+    return Path(settings.TRAIN_WORK_DIR) / "arrays" / f"{digest.hexdigest()[:32]}-{image_size}px-v3"
 
 
 def _decode_into(folder: Path, entries: list[list[Any]], files: dict[int, str], image_size: int) -> None:
@@ -186,7 +186,14 @@ def features_folder(snapshot: dict[str, Any], backbone: Backbone, *, image_size:
     another snapshot or another backbone file never reads these features."""
     files = dict(Image.objects.filter(pk__in=[e[0] for e in snapshot["images"]]).values_list("pk", "file"))
     images = cache_folder(snapshot, files, image_size).name
-    return Path(settings.TRAIN_WORK_DIR) / "features" / f"{images}-{backbone.name}-{backbone_sha256(backbone)[:16]}"
+    return Path(settings.TRAIN_WORK_DIR) / "features" / f"{images}-{backbone.name}-{backbone_key(backbone)}"
+
+
+def backbone_key(backbone: Backbone) -> str:
+    """The file's SHA-256 and what its manifest says of it (feature layer, preprocessing):
+    the same file reinstalled with another feature layer gives other features."""
+    how = f"{backbone_sha256(backbone)}:{backbone.feature_layer}:{backbone.preprocessing}"
+    return hashlib.sha256(how.encode()).hexdigest()[:16]
 
 
 def backbone_sha256(backbone: Backbone) -> str:

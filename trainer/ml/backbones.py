@@ -19,6 +19,7 @@ them); they help people choose, and `auto` keeps a CPU's feature pass in budget.
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,10 @@ CATALOGUE: dict[str, Backbone] = {b.name: b for b in [
              sha256="33316e116fb5849d57e7bb8704833b307caaae7b5ae1f4a8e8e67893a85a4b35",
              source_file="efficientnet_lite0_imagenet.keras"),
 ]}  # fmt: skip
+
+
+# Names an installed file may not take: the catalogue's and the other recipes'.
+RESERVED = {"auto", "resnet", "baseline", *CATALOGUE}
 
 
 def keras_home() -> Path:
@@ -258,20 +263,22 @@ def describe_file(
 ) -> Backbone:
     """A catalogue entry for an operator's own `.keras` backbone; checked by loading
     it (safe mode: no code in the file runs) and finding the feature layer."""
-    if not name.replace("_", "").isalnum() or not name[:1].isalpha() or name in CATALOGUE or len(name) > 40:
+    if not name.replace("_", "").isalnum() or not name[:1].isalpha() or name in RESERVED or len(name) > 40:
         raise BackboneFileRefused(
             f"backbone name {name!r}: use letters, digits and underscores, starting with a letter, "
-            "and not a catalogue name"
+            "and not a catalogue name or auto, resnet, baseline"
         )
     if not 32 <= image_size <= 1024:
         raise BackboneFileRefused(f"image size {image_size}: must be between 32 and 1024")
-    dim = _feature_dim(path, feature_layer)
+    if path.suffix != ".keras" or not zipfile.is_zipfile(path):
+        raise BackboneFileRefused(f"{path} is not a .keras model file (Keras 3's zip format)")
+    dim = _feature_dim(path, feature_layer, image_size)
     return Backbone(name=name, title=title or name, image_size=image_size,
                     preprocessing="builtin" if builtin_preprocessing else "unit", feature_dim=dim,
                     feature_layer=feature_layer, source_file=path.name)  # fmt: skip
 
 
-def _feature_dim(path: Path, feature_layer: str) -> int:
+def _feature_dim(path: Path, feature_layer: str, image_size: int) -> int:
     import keras
 
     try:
@@ -282,6 +289,11 @@ def _feature_dim(path: Path, feature_layer: str) -> int:
         output = model.get_layer(feature_layer).output
     except ValueError as exc:
         raise BackboneFileRefused(f"{path} has no layer named {feature_layer!r}") from exc
+    side = tuple(model.input.shape[1:3])
+    if side not in ((None, None), (image_size, image_size)) or model.input.shape[-1] != 3:
+        raise BackboneFileRefused(
+            f"{path} takes {tuple(model.input.shape[1:])} inputs, not {image_size}x{image_size} RGB"
+        )
     return int(output.shape[-1])
 
 

@@ -138,7 +138,7 @@ class TrainConfig:
 
     @property
     def is_pretrained(self) -> bool:
-        return self.arch not in ("auto", *FROM_SCRATCH)
+        return is_pretrained_arch(self.arch)
 
     @property
     def total_epochs(self) -> int:
@@ -208,6 +208,10 @@ class TrainConfig:
             batch_size=batch_size,
             learning_rate=learning_rate,
         )
+
+
+def is_pretrained_arch(arch: str) -> bool:
+    return arch not in ("auto", *FROM_SCRATCH)
 
 
 def architectures() -> tuple[str, ...]:
