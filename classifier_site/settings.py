@@ -18,13 +18,40 @@ env = environ.Env()
 # A .env file beside manage.py is read when present; real environment variables win.
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """true/false, 1/0, yes/no, on/off in any case, or empty for the default; anything
+    else stops start-up (DEBUG=ture must not quietly mean false)."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE | _FALSE:
+        return raw in _TRUE
+    raise ImproperlyConfigured(f"{name}={os.environ[name]!r} is not true or false (use true/false, 1/0 or yes/no).")
+
+
+def env_secret(name: str, default: str = "") -> str:
+    """A secret from NAME, or from the file NAME_FILE names (Docker and Kubernetes secrets)."""
+    path = os.environ.get(f"{name}_FILE", "").strip()
+    if not path:
+        return env.str(name, default=default)
+    if os.environ.get(name):
+        raise ImproperlyConfigured(f"Set {name} or {name}_FILE, not both.")
+    try:
+        return Path(path).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise ImproperlyConfigured(f"{name}_FILE={path!r} cannot be read: {exc.strerror}.") from exc
+
+
 VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
-DEBUG = env.bool("DEBUG", default=True)
+DEBUG = env_bool("DEBUG", True)
 
 _DEV_SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"
-SECRET_KEY = env.str("SECRET_KEY", default=_DEV_SECRET_KEY)
+SECRET_KEY = env_secret("SECRET_KEY", default=_DEV_SECRET_KEY)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 
 if not DEBUG:
@@ -89,7 +116,7 @@ TEMPLATES = [
 
 # --- Database -----------------------------------------------------------------
 
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+DATABASES = {"default": env.db_url_config(env_secret("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}"))}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web process and the worker write to one SQLite file: WAL lets readers go
     # on during a write, IMMEDIATE transactions and a timeout avoid "database is locked".
@@ -137,8 +164,8 @@ if AWS_STORAGE_BUCKET_NAME:
             "bucket_name": AWS_STORAGE_BUCKET_NAME,
             "endpoint_url": env.str("AWS_S3_ENDPOINT_URL", default="") or None,
             "region_name": env.str("AWS_S3_REGION_NAME", default="") or None,
-            "access_key": env.str("AWS_ACCESS_KEY_ID", default="") or None,
-            "secret_key": env.str("AWS_SECRET_ACCESS_KEY", default="") or None,
+            "access_key": env_secret("AWS_ACCESS_KEY_ID") or None,
+            "secret_key": env_secret("AWS_SECRET_ACCESS_KEY") or None,
             "default_acl": None,
             "querystring_auth": True,
             # Names are content hashes: rewriting one writes the same bytes.
@@ -175,7 +202,7 @@ PREDICT_MAX_UPLOAD_BYTES = env.int("PREDICT_MAX_UPLOAD_BYTES", default=10 * 1024
 # Images one prediction request may carry (API and page); more get 413.
 PREDICT_MAX_IMAGES = env.int("PREDICT_MAX_IMAGES", default=16)
 # Let anonymous clients call the predict API and page (throttled per IP address).
-PREDICT_ALLOW_ANONYMOUS = env.bool("PREDICT_ALLOW_ANONYMOUS", default=False)
+PREDICT_ALLOW_ANONYMOUS = env_bool("PREDICT_ALLOW_ANONYMOUS", False)
 # DRF throttle rates of the predict API: per user, and per IP address for anonymous clients.
 PREDICT_THROTTLE_RATE = env.str("PREDICT_THROTTLE_RATE", default="1200/min")
 PREDICT_ANON_THROTTLE_RATE = env.str("PREDICT_ANON_THROTTLE_RATE", default="60/min")
@@ -187,7 +214,7 @@ PREDICT_RELOAD_SECONDS = env.float("PREDICT_RELOAD_SECONDS", default=0.5)
 PREDICT_TF_THREADS = env.int("PREDICT_TF_THREADS", default=1)
 # Refuse to promote a version whose macro-F1 is below the promoted one's (same
 # dataset) unless the admin forces it.
-PROMOTION_GATE = env.bool("PROMOTION_GATE", default=True)
+PROMOTION_GATE = env_bool("PROMOTION_GATE", True)
 # Threads that decode, hash and store images during an import.
 IMPORT_THREADS = env.int("IMPORT_THREADS", default=min(4, os.cpu_count() or 1))
 # Largest dataset upload (an archive or a batch of files); larger requests get 413.
@@ -209,12 +236,12 @@ LOGOUT_REDIRECT_URL = "login"
 
 # --- Security (production) -------------------------------------------------------
 
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("BEHIND_HTTPS_PROXY", default=False) else None
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_HTTPS_PROXY", False) else None
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = not DEBUG
-SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 3600)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
-SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 # HSTS preloading binds every subdomain of the owner's domain for months: an opt-in
 # for the site owner, not a default, so Django's reminder about it is silenced.
 SILENCED_SYSTEM_CHECKS = ["security.W021"]
@@ -259,7 +286,7 @@ SPECTACULAR_SETTINGS = {
 
 # --- Celery -----------------------------------------------------------------------------
 
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=f"sqla+sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}")
+CELERY_BROKER_URL = env_secret("CELERY_BROKER_URL", default=f"sqla+sqlite:///{VAR_DIR / 'celery-broker.sqlite3'}")
 # The database is the truth about every job; Celery keeps no results.
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
@@ -276,7 +303,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Publishing fails fast and clearly when the broker is down, instead of hanging a request.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 CELERY_BROKER_TRANSPORT_OPTIONS = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
-CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # `celery beat` (its own process in the Procfile and compose) runs the reaper.
 CELERY_BEAT_SCHEDULE = {

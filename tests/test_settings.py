@@ -70,3 +70,29 @@ def test_migrations_are_complete(tmp_path):
     run = subprocess.run([sys.executable, "manage.py", "makemigrations", "--check", "--dry-run"],
                          cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_a_boolean_that_is_not_one_stops_start_up_naming_the_variable(tmp_path):
+    typo = _settings({"VAR_DIR": str(tmp_path), "DEBUG": "ture"}, "1")
+    assert typo.returncode != 0 and "DEBUG='ture' is not true or false" in typo.stderr
+    gate = _settings({"VAR_DIR": str(tmp_path), "PROMOTION_GATE": "sometimes"}, "1")
+    assert gate.returncode != 0 and "PROMOTION_GATE='sometimes'" in gate.stderr
+    spelled = _settings({"VAR_DIR": str(tmp_path), **PRODUCTION, "DEBUG": "No", "PROMOTION_GATE": "0"},
+                        "[s.DEBUG, s.PROMOTION_GATE]")  # fmt: skip
+    assert json.loads(spelled.stdout) == [False, False], spelled.stderr
+    empty = _settings({"VAR_DIR": str(tmp_path), "DEBUG": "", "PROMOTION_GATE": " "}, "[s.DEBUG, s.PROMOTION_GATE]")
+    assert json.loads(empty.stdout) == [True, True]  # empty means the default
+
+
+def test_secrets_can_come_from_files(tmp_path):
+    key, url = secrets.token_urlsafe(50), "postgres://u:s3cret@db:5432/site"
+    (tmp_path / "key").write_text(key + "\n")  # as `docker secret` and Kubernetes write them
+    (tmp_path / "db").write_text(url)
+    env = {"VAR_DIR": str(tmp_path), **PRODUCTION, "SECRET_KEY": "", "SECRET_KEY_FILE": str(tmp_path / "key"),
+           "DATABASE_URL_FILE": str(tmp_path / "db")}  # fmt: skip
+    run = _settings(env, "[s.SECRET_KEY, s.DATABASES['default']['PASSWORD']]")
+    assert json.loads(run.stdout) == [key, "s3cret"], run.stderr
+    both = _settings({**env, "VAR_DIR": str(tmp_path), "SECRET_KEY": key}, "1")
+    assert both.returncode != 0 and "Set SECRET_KEY or SECRET_KEY_FILE, not both." in both.stderr
+    missing = _settings({**env, "VAR_DIR": str(tmp_path), "SECRET_KEY_FILE": str(tmp_path / "nope")}, "1")
+    assert missing.returncode != 0 and "SECRET_KEY_FILE=" in missing.stderr and "cannot be read" in missing.stderr
