@@ -202,6 +202,7 @@ def row(backbone: Backbone) -> dict[str, Any]:
         "image_size": backbone.image_size,
         "ms_per_image": backbone.ms_per_image,
         "path": str(path),
+        "file": path.name,
     }
 
 
