@@ -180,7 +180,7 @@ def _score_batch(run: ScoringRun, batch: list[Image], predict: Callable[[np.ndar
     readable: list[Image] = []
     arrays: list[np.ndarray] = []
     for image in batch:
-        if image in reused:
+        if cached and cached.known(image.pk):
             continue
         if (array := _pixels(image, version.image_size)) is not None:
             readable.append(image)
@@ -214,7 +214,6 @@ class _CachedPredict:
     def __init__(self, features: dict[int, np.ndarray], head: Callable[[np.ndarray], np.ndarray],
                  model: Callable[[np.ndarray], np.ndarray]) -> None:  # fmt: skip
         self.features, self.head, self.model = features, head, model
-        self.reused = 0
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         return self.model(pixels)
@@ -223,7 +222,6 @@ class _CachedPredict:
         return image_id in self.features
 
     def images(self, ids: list[int]) -> np.ndarray:
-        self.reused += len(ids)
         return self.head(np.stack([self.features[i] for i in ids]))
 
 

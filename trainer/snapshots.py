@@ -26,8 +26,9 @@ from django.core.files.storage import default_storage
 
 from datasets.imaging import ImageRejected, load_array
 from datasets.models import Image, Split
-from trainer.ml.backbones import Backbone, feature_extractor, file_digest, installed_path
+from trainer.ml.backbones import Backbone, feature_extractor, installed_path
 from trainer.ml.features import Features, Progress, cached_or_computed
+from trainer.ml.files import sha256_file
 from trainer.ml.recipe import DataStats
 from trainer.ml.train import Split as ArraySplit
 from trainer.ml.train import TrainData
@@ -205,4 +206,4 @@ def backbone_sha256(backbone: Backbone) -> str:
 
 @functools.lru_cache(maxsize=32)
 def _digest(path: str, size: int, mtime_ns: int) -> str:
-    return file_digest(Path(path), "sha256")
+    return sha256_file(Path(path))

@@ -16,13 +16,14 @@ Two kinds (no Django here; TensorFlow loads only inside `feature_extractor`):
 them); they help people choose, and `auto` keeps a CPU's feature pass in budget.
 """
 
-import hashlib
 import json
 import os
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from trainer.ml.files import file_digest, sha256_file
 
 # How a backbone wants its 0-255 pixels: "unit" is (x / 127.5) - 1 (MobileNets,
 # ResNetV2); "builtin" means the model rescales itself (EfficientNets, ConvNeXt).
@@ -206,14 +207,6 @@ def row(backbone: Backbone) -> dict[str, Any]:
     }
 
 
-def file_digest(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_file(backbone: Backbone, path: Path) -> None:
     """Refuse a file that is not the one the catalogue names (Keras' hash, or our SHA-256)."""
     expected = backbone.sha256 if backbone.is_file else backbone.keras_hash
@@ -246,7 +239,7 @@ def install_copy(backbone: Backbone, source: Path) -> Installed:
             dst.write(chunk)
     partial.replace(target)
     if backbone.is_file:
-        recorded = Backbone(**{**backbone.to_dict(), "sha256": file_digest(target, "sha256")})
+        recorded = Backbone(**{**backbone.to_dict(), "sha256": sha256_file(target)})
         _write_manifest(recorded)
         backbone = recorded
     return Installed(backbone, target)

@@ -52,12 +52,17 @@ def cached_or_computed(
         logger.info("features from the cache: %s", folder)
         train, val, test = (np.load(folder / f"{s}.npy", mmap_mode="r")[: views if s == "train" else 1] for s in SPLITS)
         return Features(train, val, test, reused=True)
-    model = extractor()
+    features = compute(extractor(), images, views=views, progress=progress)
+    _publish(folder, {s: features.split(s) for s in SPLITS}, ids)
+    return features
+
+
+def compute(model: Any, images: dict[str, np.ndarray], *, views: int = 1, progress: Progress | None = None) -> Features:
+    """Every split's features; `views` of the training images, the image alone of the others."""
     total = sum(len(images[s]) * (views if s == "train" else 1) for s in SPLITS)
     counter = _Counter(total, progress)
-    computed = {s: extract(model, images[s], views=views if s == "train" else 1, progress=counter) for s in SPLITS}
-    _publish(folder, computed, ids)
-    return Features(computed["train"], computed["val"], computed["test"])
+    train, val, test = (extract(model, images[s], views=views if s == "train" else 1, progress=counter) for s in SPLITS)
+    return Features(train, val, test)
 
 
 def extract(model: Any, images: np.ndarray, *, views: int = 1, progress: "Progress | None" = None) -> np.ndarray:

@@ -6,7 +6,12 @@ from pathlib import Path
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+    return file_digest(path, "sha256")
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    """The file's hash in any hashlib algorithm (Keras publishes md5 for some weights), read in 1 MB chunks."""
+    digest = hashlib.new(algorithm)
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)

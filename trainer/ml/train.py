@@ -104,15 +104,14 @@ def _train_transfer(
     config: TrainConfig, data: TrainData, out_dir: Path, reporter: Reporter | None, features: Any
 ) -> TrainResult:
     from trainer.ml import backbones
-    from trainer.ml.features import Features, extract
+    from trainer.ml.features import compute
     from trainer.ml.transfer import train_transfer
 
     backbone = backbones.get(config.arch)
     if features is None:
         extractor = backbones.feature_extractor(backbone, config.image_size)
-        views = {"train": config.feature_views, "val": 1, "test": 1}
-        train, val, test = (extract(extractor, getattr(data, s).x, views=views[s]) for s in views)
-        features = Features(train, val, test)
+        images = {"train": data.train.x, "val": data.val.x, "test": data.test.x}
+        features = compute(extractor, images, views=config.feature_views)
     return train_transfer(config, data, features, backbone, out_dir, reporter)
 
 
@@ -308,9 +307,10 @@ def predict(model: Any, split: Split, num_classes: int, batch_size: int) -> np.n
 class _ReporterCallback(keras.callbacks.Callback):
     """Adapts Keras' callback hooks to a Reporter."""
 
-    def __init__(self, reporter: Reporter, batch_size: int) -> None:
+    def __init__(self, reporter: Reporter, batch_size: int, *, announce: bool = True) -> None:
         super().__init__()
-        self.reporter, self.batch_size = reporter, batch_size
+        # announce=False: a phase that goes on from earlier epochs (fine-tuning after the head), not a resumed run.
+        self.reporter, self.batch_size, self.announce = reporter, batch_size, announce
         self.stopped = False
         self.first_epoch: int | None = None
         self.epoch = 0
@@ -319,7 +319,8 @@ class _ReporterCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         if self.first_epoch is None:  # after BackupAndRestore moved the start
             self.first_epoch = epoch
-            self.reporter.start(epoch, int(self.params.get("steps") or 0))
+            if self.announce:
+                self.reporter.start(epoch, int(self.params.get("steps") or 0))
         self.epoch, self.started = epoch, time.monotonic()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:

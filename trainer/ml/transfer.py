@@ -30,7 +30,17 @@ from trainer.ml.backbones import Backbone, feature_extractor, get
 from trainer.ml.config import TrainConfig
 from trainer.ml.features import Features
 from trainer.ml.metrics import rejection_threshold, report
-from trainer.ml.train import MODEL_FILE, RUN_FILE, Reporter, TrainData, TrainResult, _class_weights, _dataset, predict
+from trainer.ml.train import (
+    MODEL_FILE,
+    RUN_FILE,
+    Reporter,
+    TrainData,
+    TrainResult,
+    _class_weights,
+    _dataset,
+    _ReporterCallback,
+    predict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +148,7 @@ def _head_callbacks(config: TrainConfig, reporter: Reporter | None, *, has_val: 
         stop = keras.callbacks.EarlyStopping(patience=patience, min_delta=HEAD_MIN_DELTA, restore_best_weights=True)
         callbacks.append(stop)
     if reporter:
-        callbacks.append(_EpochReporter(reporter))
+        callbacks.append(_ReporterCallback(reporter, HEAD_BATCH))
     return callbacks
 
 
@@ -176,7 +186,7 @@ def fine_tune(
     batch = min(config.batch_size, len(data.train))
     train_ds = _dataset(data.train, batch, classes, shuffle_seed=config.seed, weights=_class_weights(data, config))
     stop = keras.callbacks.EarlyStopping(patience=FINE_TUNE_PATIENCE, restore_best_weights=True)
-    callbacks = [stop, *([_EpochReporter(reporter, announce=False)] if reporter else [])]
+    callbacks = [stop, *([_ReporterCallback(reporter, batch, announce=False)] if reporter else [])]
     fit = tuned.fit(train_ds, validation_data=_dataset(data.val, batch, classes), initial_epoch=first_epoch,
                     epochs=first_epoch + config.fine_tune_epochs, callbacks=callbacks, shuffle=False,
                     verbose=0)  # fmt: skip
@@ -259,21 +269,3 @@ def _phase(reporter: Reporter | None, name: str, done: int, total: int) -> None:
 
 def _stopped(reporter: Reporter | None) -> bool:
     return bool(reporter and reporter.should_stop())
-
-
-class _EpochReporter(keras.callbacks.Callback):
-    """Head and fine-tuning epochs to the Reporter; stops when it says so."""
-
-    def __init__(self, reporter: Reporter, *, announce: bool = True) -> None:
-        super().__init__()
-        self.reporter, self.started = reporter, not announce  # fine-tuning goes on from the head's epochs
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        if not self.started:
-            self.started = True
-            self.reporter.start(epoch, int(self.params.get("steps") or 0))
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        self.reporter.epoch_end(epoch, {k: float(v) for k, v in (logs or {}).items()})
-        if self.reporter.should_stop():
-            self.model.stop_training = True

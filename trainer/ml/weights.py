@@ -14,18 +14,12 @@ from trainer.ml.backbones import (
     WeightsMissing,
     cache_dir,
     describe_file,
-    get,
     install_copy,
     installed_path,
     keras_home,
 )
 
 __all__ = ["BackboneFileRefused", "WeightsMissing", "cache_dir", "download", "install_file", "install_from"]
-
-
-def weights_path(arch: str) -> Path:
-    """The installed file for backbone `arch`, or WeightsMissing saying how to get it."""
-    return installed_path(get(arch))
 
 
 def source_name(backbone: Backbone) -> str:
