@@ -109,9 +109,12 @@ def train_head(config: TrainConfig, data: TrainData, features: Features, reporte
     head_layers = new_head(config, len(data.classes), mean=x.mean(axis=0), variance=x.var(axis=0) + 1e-6)
     inputs = keras.Input(shape=(dim,), name="features")
     head = keras.Model(inputs, _call(head_layers, inputs), name="head")
+    steps = -(-len(x) // min(HEAD_BATCH, len(x)))
+    # Several steps per call (epochs are a handful of steps), never more than an epoch has:
+    # the progress callback then counts real steps.
     head.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-                 metrics=["accuracy"], steps_per_execution=8)  # fmt: skip
+                 metrics=["accuracy"], steps_per_execution=min(8, steps))  # fmt: skip
     weights = _class_weights(data, config)
     sample_weight = None if weights is None else weights[y]
     val = (features.val[0], keras.utils.to_categorical(data.val.y, len(data.classes))) if len(data.val) else None
