@@ -103,9 +103,9 @@ def import_cifar(per_class: int, work: Path) -> Any:
 
 
 def run_job(dataset: Any, config: dict[str, Any]) -> Any:
+    from trainer.jobs.services import training_job_run, training_job_start
     from trainer.ml.config import TrainConfig
     from trainer.models import TrainingJob
-    from trainer.services import training_job_run, training_job_start
 
     started = time.perf_counter()
     job = training_job_start(dataset=dataset, config=TrainConfig.from_dict(config), enqueue=False)
@@ -129,8 +129,8 @@ def logistic_regression(job: Any) -> tuple[float, float]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
+    from trainer.jobs.snapshots import snapshot_arrays, snapshot_features
     from trainer.ml import backbones
-    from trainer.snapshots import snapshot_arrays, snapshot_features
 
     data = snapshot_arrays(job.snapshot, job.config["image_size"])
     features = snapshot_features(job.snapshot, data, backbones.get(job.config["arch"]),

@@ -72,7 +72,7 @@ def child_setup(work: Path, arch_224: str, skip_224: bool) -> dict[str, Any]:
     from rest_framework.authtoken.models import Token
 
     from datasets.services import dataset_create
-    from trainer.services import model_version_promote
+    from trainer.registry.services import model_version_promote
 
     call_command("migrate", verbosity=0, interactive=False)
     user = User.objects.create_superuser("bench", "bench@example.com", secrets.token_urlsafe(16))
@@ -115,11 +115,12 @@ def record_version(work: Path, dataset: Any, given: dict[str, Any], seed: int) -
     """Build an (untrained: speed is what counts) model and store it as a finished job's version."""
     import keras
 
+    from trainer.jobs.services import training_job_start
     from trainer.ml.architectures import build_model
     from trainer.ml.config import TrainConfig
     from trainer.ml.train import MODEL_FILE
     from trainer.ml.transfer import untrained_model
-    from trainer.services import model_version_create, training_job_start
+    from trainer.registry.services import model_version_create
 
     keras.utils.set_random_seed(seed)
     config = TrainConfig.from_dict(given)

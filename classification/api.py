@@ -15,9 +15,10 @@ from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
-from classification.predictor import NoModelAvailable, Prediction, get_predictor
+from classification.predictor import Prediction, get_predictor
 from classifier_site.uploads import too_large
 from datasets.imaging import ImageRejected, VectorImageRejected, decode_image
+from trainer.registry.files import NoModelAvailable
 
 
 class PredictPermission(permissions.BasePermission):

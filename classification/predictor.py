@@ -10,31 +10,24 @@ imported on the first prediction, not at start-up.
 """
 
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from django.conf import settings
-from django.core.files.storage import default_storage
 from django.db import connection
 
 from datasets.imaging import load_array
-from trainer.ml.files import sha256_file
 from trainer.models import ModelVersion
-from trainer.selectors import model_version_promoted_key, model_version_serving
+from trainer.registry.files import NoModelAvailable, local_model_file
+from trainer.registry.selectors import model_version_promoted_key, model_version_serving
 
 logger = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
-
-
-class NoModelAvailable(Exception):
-    """No version is promoted yet, or the promoted one cannot be loaded."""
 
 
 @dataclass(frozen=True)
@@ -209,27 +202,6 @@ def _compile(version: ModelVersion) -> Any:
     for batch in sorted({1, settings.PREDICT_MAX_IMAGES}):  # touch every kernel once
         compiled(tf.zeros((batch, size, size, 3), tf.uint8))
     return compiled
-
-
-def local_model_file(version: ModelVersion) -> Path:
-    """A verified local file of the version: storage may be remote, and files can rot.
-    Only files the site stored for a version row are ever loaded: no path or URL
-    from a client reaches here."""
-    cache = Path(settings.MODEL_CACHE_DIR) / f"{version.sha256}.keras"
-    if not cache.exists():
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_suffix(f".{threading.get_ident()}.partial")
-        try:
-            with default_storage.open(str(version.file.name)) as src, partial.open("wb") as dst:
-                shutil.copyfileobj(src, dst)
-        except OSError as exc:
-            partial.unlink(missing_ok=True)
-            raise NoModelAvailable(f"Model file of version {version.pk} is missing.") from exc
-        partial.replace(cache)
-    if sha256_file(cache) != version.sha256:
-        cache.unlink(missing_ok=True)
-        raise NoModelAvailable(f"Model file of version {version.pk} is damaged (checksum mismatch).")
-    return cache
 
 
 _predictor = Predictor()

@@ -13,13 +13,14 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from classification.forms import CorrectionForm, PredictForm
-from classification.predictor import NoModelAvailable, Prediction, get_predictor
+from classification.predictor import Prediction, get_predictor
 from classifier_site.permissions import is_admin
 from classifier_site.uploads import limit_upload
 from datasets.imaging import ImageRejected, decode_image
 from datasets.labelling import image_add_correction
 from datasets.selectors import dataset_list
-from trainer.selectors import model_version_serving
+from trainer.registry.files import NoModelAvailable
+from trainer.registry.selectors import model_version_serving
 
 # Images up to this size are shown back and can be sent back as a correction.
 ECHO_MAX_BYTES = 2 * 1024 * 1024

@@ -5,10 +5,12 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from classification.api import PredictView
+from classification.scoring.api import ScoringRunViewSet
 from datasets.api import DatasetViewSet, ImageViewSet, ImportViewSet, LabelViewSet
 from datasets.labelling_api import LabelChangeViewSet
-from trainer.api import EvaluationViewSet, ModelVersionViewSet, TrainingJobViewSet
-from trainer.scoring_api import ScoringRunViewSet
+from trainer.jobs.api import TrainingJobViewSet
+from trainer.registry.api import ModelVersionViewSet
+from trainer.reports.api import EvaluationViewSet
 
 router = DefaultRouter()
 router.register("datasets", DatasetViewSet, basename="dataset")

@@ -46,7 +46,7 @@ def env_secret(name: str, default: str = "") -> str:
 
 
 VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+# Created by each process at start (classifier_site.folders), not here: importing settings writes nothing.
 
 DEBUG = env_bool("DEBUG", True)
 
@@ -94,6 +94,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "classifier_site.errors.RefusalMiddleware",  # a refusal no page caught: 400/409 saying why
 ]
 
 ROOT_URLCONF = "classifier_site.urls"
@@ -148,7 +149,6 @@ CACHES = {
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(VAR_DIR / "staticfiles")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns at every start without it
 
 MEDIA_URL = env.str("MEDIA_URL", default="/media/")
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(VAR_DIR / "media")))
@@ -268,6 +268,8 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Services refuse with classifier_site.errors.Refused (400) or Conflict (409), translated here.
+    "EXCEPTION_HANDLER": "classifier_site.errors.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "classifier_site API",
@@ -277,10 +279,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    # Several models have a "status": name each choice set after its model.
+    # Every background run has the one status type (classifier_site.runs): one enum in the schema.
     "ENUM_NAME_OVERRIDES": {
-        "JobStatusEnum": "trainer.models.JobStatus",
-        "ExportStatusEnum": "trainer.models.ExportStatus",
+        "RunStatusEnum": "classifier_site.runs.RunStatus",
     },
 }
 

@@ -6,8 +6,6 @@ from typing import Any
 
 from django.core.files.storage import FileSystemStorage
 
-from trainer.ml.files import fsync_path
-
 
 class AtomicFileSystemStorage(FileSystemStorage):
     """Writes each file under a temporary name and renames it into place.
@@ -38,9 +36,18 @@ class AtomicFileSystemStorage(FileSystemStorage):
                     os.fsync(out.fileno())
             os.replace(partial, full_path)
             if durable:
-                fsync_path(os.path.dirname(full_path))  # the rename itself
+                _fsync_folder(os.path.dirname(full_path))  # the rename itself
         except BaseException:
             if os.path.exists(partial):
                 os.unlink(partial)
             raise
         return name.replace("\\", "/")
+
+
+def _fsync_folder(path: str) -> None:
+    """Make a rename in `path` durable (POSIX: fsync the folder itself)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

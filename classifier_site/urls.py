@@ -4,7 +4,7 @@ from django.urls import include, path
 from health_check.views import HealthCheckView
 
 from classifier_site import views
-from trainer import backbone_views
+from trainer.registry.urls import export_urlpatterns
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -20,11 +20,12 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("datasets/", include("datasets.urls")),
-    path("jobs/", include("trainer.urls")),
-    path("backbones/", backbone_views.backbone_list_view, name="backbones"),
-    path("evaluations/", include("trainer.report_urls")),
-    path("models/", include("trainer.model_urls")),
-    path("models/", include("trainer.export_urls")),
+    path("jobs/", include("trainer.jobs.urls")),
+    path("backbones/", include("trainer.backbones.urls")),
+    path("evaluations/", include("trainer.reports.urls")),
+    path("models/score/", include("classification.scoring.urls")),
+    path("models/", include("trainer.registry.urls")),
+    path("models/", include((export_urlpatterns, "exports"))),
     path("predict/", include("classification.urls")),
     path("api/v1/", include("classifier_site.api_urls")),
 ]

@@ -8,7 +8,8 @@ from django.views.decorators.http import require_GET
 
 from classifier_site.permissions import is_admin
 from datasets.selectors import dataset_list
-from trainer.selectors import job_list, model_version_serving
+from trainer.jobs.selectors import job_list
+from trainer.registry.selectors import model_version_serving
 
 
 @login_required

@@ -25,7 +25,7 @@ class ImageAdmin(admin.ModelAdmin):
     # Labels change only through datasets.labelling (the workbench, the API): history and locking.
     readonly_fields = ["sha256", "width", "height", "file", "label", "label_version", "label_checked",
                        "suggestion", "suggestion_confidence", "suggestion_margin", "suggestion_entropy",
-                       "suggestion_model"]  # fmt: skip
+                       "suggestion_version"]  # fmt: skip
 
 
 @admin.register(DatasetImport)

@@ -21,12 +21,14 @@ from datasets.models import ChangeSource, Dataset, DatasetImport, Image, Label
 from datasets.selectors import WORKBENCH_ORDERS, dataset_class_counts, dataset_list, workbench_ordering
 from datasets.services import (
     clean_label_name,
+    dataset_create,
     image_review_set,
     images_delete,
     import_create,
     import_create_from_files,
     import_progress_key,
     import_retry,
+    label_create,
     label_rename,
 )
 
@@ -58,7 +60,7 @@ class DatasetViewSet(
         return dataset_list(user=self.request.user)
 
     def perform_create(self, serializer: serializers.BaseSerializer) -> None:
-        serializer.save(created_by=admin_user(self.request))
+        serializer.instance = dataset_create(**serializer.validated_data, user=admin_user(self.request))
 
     def retrieve(self, request: Request, *args: object, **kwargs: object) -> Response:
         dataset = self.get_object()
@@ -88,6 +90,10 @@ class ImageFilter(django_filters.FilterSet):
 
 class ImageSerializer(serializers.ModelSerializer):
     label_name = serializers.CharField(source="label.name", read_only=True, default=None)
+    suggestion_model = serializers.IntegerField(
+        source="suggestion_version", read_only=True, allow_null=True,
+        help_text="Id of the model version that made the suggestion (/api/v1/models/<id>/).",
+    )  # fmt: skip
     label_version = serializers.IntegerField(
         min_value=0, required=False,
         help_text="Optimistic lock: send the version you read with a new label; a newer one gets 409.",
@@ -173,6 +179,10 @@ class LabelViewSet(viewsets.ModelViewSet):
 
     def get_serializer_class(self) -> type[serializers.BaseSerializer]:
         return LabelCreateSerializer if self.action == "create" else LabelSerializer
+
+    def perform_create(self, serializer: serializers.BaseSerializer) -> None:
+        data = serializer.validated_data
+        serializer.instance = label_create(dataset=data["dataset"], name=data["name"])
 
     def perform_update(self, serializer: serializers.BaseSerializer) -> None:
         try:

@@ -3,6 +3,8 @@
 from django.conf import settings
 from django.db import models
 
+from classifier_site.runs import FINISHED, RunStatus
+
 
 class Dataset(models.Model):
     name = models.CharField(max_length=200, unique=True)
@@ -60,15 +62,15 @@ class Image(models.Model):
     # A person set or confirmed this label (workbench, API, review queue, correction);
     # imported labels are unchecked, which is what the review queue looks at.
     label_checked = models.BooleanField(default=False, db_default=False)
-    # The promoted model's opinion, written by a scoring run (trainer.scoring). The
+    # The promoted model's opinion, written by a scoring run (classification.scoring). The
     # suggestion is a class *name*: accepting it may create the class in this dataset.
     suggestion = models.CharField(max_length=200, blank=True, default="", db_default="")
     suggestion_confidence = models.FloatField(null=True, blank=True)  # top-1 probability
     suggestion_margin = models.FloatField(null=True, blank=True)  # top-1 minus top-2
     suggestion_entropy = models.FloatField(null=True, blank=True)  # of the whole distribution, in nats
-    suggestion_model = models.ForeignKey(
-        "trainer.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
+    # Which model version (trainer.ModelVersion's id) suggested it: data, not a foreign key,
+    # so datasets depends on no other app (its rows outlive a deleted version anyway).
+    suggestion_version = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -129,13 +131,6 @@ class LabelChange(models.Model):
         return f"{self.image_id}: {self.old_label or '—'} → {self.new_label or '—'}"
 
 
-class ImportStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-
-
 class DatasetImport(models.Model):
     """One upload being imported: its source file, progress and report."""
 
@@ -144,7 +139,7 @@ class DatasetImport(models.Model):
     original_name = models.CharField(max_length=300)
     # Class for every image of an upload of loose files; empty means folders or manifest decide.
     label = models.CharField(max_length=200, blank=True)
-    status = models.CharField(max_length=10, choices=ImportStatus.choices, default=ImportStatus.QUEUED)
+    status = models.CharField(max_length=10, choices=RunStatus.choices, default=RunStatus.QUEUED)
     format = models.CharField(max_length=40, blank=True)
     processed = models.PositiveIntegerField(default=0)
     total = models.PositiveIntegerField(null=True, blank=True)  # unknown while streaming a tar
@@ -163,10 +158,10 @@ class DatasetImport(models.Model):
 
     @property
     def is_finished(self) -> bool:
-        return self.status in (ImportStatus.SUCCEEDED, ImportStatus.FAILED)
+        return self.status in FINISHED
 
     @property
     def progress(self) -> float | None:
-        if self.status == ImportStatus.SUCCEEDED:
+        if self.status == RunStatus.SUCCEEDED:
             return 1.0
         return self.processed / self.total if self.total else None

@@ -22,6 +22,7 @@ from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from celery import Task
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.cache import cache
@@ -33,10 +34,11 @@ from django.utils import timezone
 from django.utils.text import get_valid_filename
 from PIL import Image as PILImage
 
-from classifier_site.queueing import publish
+from classifier_site.errors import Conflict, Refused
+from classifier_site.runs import Lifecycle, RunStatus, describe_error
 from datasets.archives import ArchiveRefused, Entry, Limits, encode_png, open_source
 from datasets.imaging import DecodedImage, ImageRejected, decode_image
-from datasets.models import Dataset, DatasetImport, Image, ImportStatus, Label, Split
+from datasets.models import Dataset, DatasetImport, Image, Label, Split
 
 logger = logging.getLogger(__name__)
 
@@ -63,20 +65,38 @@ class ImportReport:
 # --- datasets and classes -----------------------------------------------------------------
 
 
-def dataset_create(*, name: str, description: str = "", user: User | None = None) -> Dataset:
+def dataset_create(
+    *, name: str, description: str = "", user: User | None = None, val_fraction: float = 0.1,
+    test_fraction: float = 0.1, split_seed: int = 0,
+) -> Dataset:  # fmt: skip
+    """A new, empty dataset; its split fractions apply to the images added from now on."""
     name = name.strip()
     if not name:
-        raise ValueError("A dataset needs a name.")
+        raise Refused("A dataset needs a name.")
+    for what, value in (("validation", val_fraction), ("test", test_fraction)):
+        if not 0 <= value <= 0.5:
+            raise Refused(f"The {what} fraction must be between 0 and 0.5.")
     if Dataset.objects.filter(name=name).exists():
-        raise ValueError(f"A dataset named {name!r} already exists.")
-    return Dataset.objects.create(name=name, description=description, created_by=user)
+        raise Conflict(f"A dataset named {name!r} already exists.")
+    return Dataset.objects.create(
+        name=name, description=description, created_by=user, val_fraction=val_fraction,
+        test_fraction=test_fraction, split_seed=split_seed,
+    )  # fmt: skip
 
 
 def clean_label_name(name: str) -> str:
     name = " ".join(name.split())
     if not name or len(name) > 200:
-        raise ValueError("A class name must be 1 to 200 characters.")
+        raise Refused("A class name must be 1 to 200 characters.")
     return name
+
+
+def label_create(*, dataset: Dataset, name: str) -> Label:
+    """A new class of `dataset`; a name it has already is a conflict."""
+    name = clean_label_name(name)
+    if Label.objects.filter(dataset=dataset, name=name).exists():
+        raise Conflict(f"The class {name!r} already exists in {dataset.name}.")
+    return Label.objects.create(dataset=dataset, name=name)
 
 
 def label_get_or_create(*, dataset: Dataset, name: str) -> Label:
@@ -305,7 +325,7 @@ def import_create(
         dataset=dataset, source=name, original_name=original[-300:], label=label, created_by=user
     )
     if enqueue:
-        transaction.on_commit(lambda: _enqueue(record))
+        RUNS.publish_on_commit(record.pk)
     return record
 
 
@@ -324,18 +344,9 @@ def import_create_from_files(
         return import_create(dataset=dataset, upload=upload, user=user, label=label, enqueue=enqueue)
 
 
-def _enqueue(record: DatasetImport) -> None:
-    from datasets.tasks import run_import
-
-    if error := publish(run_import, record.pk):
-        _finish(record.pk, ImportStatus.FAILED, error=error)
-
-
 def import_run(*, import_id: int, limits: Limits | None = None) -> DatasetImport:
     """Claim a queued import and run it to its end (the Celery task calls this)."""
-    claimed = DatasetImport.objects.filter(pk=import_id, status=ImportStatus.QUEUED).update(
-        status=ImportStatus.RUNNING, started_at=timezone.now()
-    )
+    claimed = RUNS.claim(import_id)
     record = DatasetImport.objects.select_related("dataset").get(pk=import_id)
     if not claimed:
         logger.info("import %s is %s; nothing to do", import_id, record.status)
@@ -349,7 +360,7 @@ def import_local_file(
     """Import a file on this machine now, in this process (the `import_dataset` command)."""
     record = DatasetImport.objects.create(
         dataset=dataset, original_name=path.name[-300:], label=clean_label_name(label) if label else "",
-        created_by=user, status=ImportStatus.RUNNING, started_at=timezone.now(),
+        created_by=user, status=RunStatus.RUNNING, started_at=timezone.now(),
     )  # fmt: skip
     return _execute(record, lambda: nullcontext(path), limits or Limits())
 
@@ -361,14 +372,14 @@ def _execute(
         with open_path() as path:
             report = import_path(record=record, path=path, limits=limits)
     except ArchiveRefused as exc:
-        _finish(record.pk, ImportStatus.FAILED, error=str(exc))
+        RUNS.finish(record.pk, RunStatus.FAILED, error=str(exc))
     except FileNotFoundError:
-        _finish(record.pk, ImportStatus.FAILED, error="The uploaded file is missing; upload it again.")
+        RUNS.finish(record.pk, RunStatus.FAILED, error="The uploaded file is missing; upload it again.")
     except Exception as exc:
         logger.exception("import %s failed", record.pk)
-        _finish(record.pk, ImportStatus.FAILED, error=f"Unexpected error: {type(exc).__name__}: {exc}"[:2000])
+        RUNS.finish(record.pk, RunStatus.FAILED, error=f"Unexpected error: {describe_error(exc)}")
     else:
-        _finish(record.pk, ImportStatus.SUCCEEDED, report=report.as_dict(), processed=report.imported)
+        RUNS.finish(record.pk, RunStatus.SUCCEEDED, report=report.as_dict(), processed=report.imported)
         if record.source:  # imported: the rows and files are the data now
             default_storage.delete(record.source.name or "")
             DatasetImport.objects.filter(pk=record.pk).update(source="")
@@ -381,7 +392,7 @@ STALE_AFTER = timedelta(minutes=2)
 
 def import_is_stale(record: DatasetImport) -> bool:
     """Running, but its worker has shown no progress for a while: it died."""
-    if record.status != ImportStatus.RUNNING or cache.get(import_progress_key(record.pk)) is not None:
+    if record.status != RunStatus.RUNNING or cache.get(import_progress_key(record.pk)) is not None:
         return False
     return record.started_at is None or record.started_at < timezone.now() - STALE_AFTER
 
@@ -390,17 +401,13 @@ def import_retry(*, record: DatasetImport) -> DatasetImport:
     """Queue a failed import again, or one whose worker died. The rows of a failed or
     interrupted attempt were never committed, and its files are rewritten with the same
     names, so a retry leaves nothing twice."""
-    if record.status == ImportStatus.SUCCEEDED:
-        raise ValueError("This import succeeded; upload the file again to import it again.")
-    if record.status == ImportStatus.QUEUED or (record.status == ImportStatus.RUNNING and not import_is_stale(record)):
-        raise ValueError("This import is still queued or running.")
+    if record.status == RunStatus.SUCCEEDED:
+        raise Conflict("This import succeeded; upload the file again to import it again.")
+    if record.status == RunStatus.QUEUED or (record.status == RunStatus.RUNNING and not import_is_stale(record)):
+        raise Conflict("This import is still queued or running.")
     if not record.source:
-        raise ValueError("The uploaded file is no longer kept; upload it again.")
-    requeued = DatasetImport.objects.filter(pk=record.pk, status=record.status).update(
-        status=ImportStatus.QUEUED, error="", started_at=None, finished_at=None
-    )
-    if requeued:
-        transaction.on_commit(lambda: _enqueue(record))
+        raise Refused("The uploaded file is no longer kept; upload it again.")
+    RUNS.requeue(DatasetImport.objects.filter(pk=record.pk, status=record.status), error="", started_at=None)
     record.refresh_from_db()
     return record
 
@@ -431,11 +438,17 @@ def import_progress_key(import_id: int) -> str:
     return f"dataset-import-progress:{import_id}"
 
 
-def _finish(import_id: int, status: str, **fields: object) -> None:
-    DatasetImport.objects.filter(pk=import_id, status__in=[ImportStatus.QUEUED, ImportStatus.RUNNING]).update(
-        status=status, finished_at=timezone.now(), **fields
-    )
+def _forget_progress(import_id: int, status: str, fields: dict[str, object]) -> None:
     cache.delete(import_progress_key(import_id))
+
+
+def _task() -> Task:
+    from datasets.tasks import run_import
+
+    return run_import
+
+
+RUNS = Lifecycle(DatasetImport, _task, on_finish=_forget_progress)
 
 
 @contextmanager
@@ -461,7 +474,7 @@ def _local_copy(name: str) -> Iterator[Path]:
 def label_rename(*, label: Label, name: str) -> Label:
     name = clean_label_name(name)
     if Label.objects.filter(dataset=label.dataset_id, name=name).exclude(pk=label.pk).exists():
-        raise ValueError(f"The class {name!r} already exists: merge into it instead.")
+        raise Conflict(f"The class {name!r} already exists: merge into it instead.")
     label.name = name
     label.save(update_fields=["name"])
     return label

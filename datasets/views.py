@@ -30,6 +30,7 @@ from datasets.selectors import (
     label_get,
 )
 from datasets.services import (
+    dataset_create,
     images_delete,
     import_create,
     import_create_from_files,
@@ -51,9 +52,7 @@ def dataset_list_view(request: HttpRequest) -> HttpResponse:
 def dataset_create_view(request: HttpRequest) -> HttpResponse:
     form = DatasetForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        dataset = form.save(commit=False)
-        dataset.created_by = admin_user(request)
-        dataset.save()
+        dataset = dataset_create(**form.cleaned_data, user=admin_user(request))
         messages.success(request, f"Dataset {dataset.name!r} created: now add images.")
         return redirect("datasets:upload", pk=dataset.pk)
     return render(request, "datasets/create.html", {"form": form})

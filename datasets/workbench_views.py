@@ -25,7 +25,6 @@ from datasets.selectors import (
     is_id,
     workbench_images,
 )
-from trainer.scoring import scoring_latest
 
 WORKBENCH_PAGE_SIZE = 60
 # Classes sorted by name take these keys in order; further classes are reached
@@ -80,7 +79,6 @@ def workbench_view(request: HttpRequest, pk: int) -> HttpResponse:
         "labelled": labelled,
         "total": labelled + dataset_unlabelled_count(dataset=dataset),
         "config": _config(dataset.pk, classes, filters),
-        "scoring": scoring_latest(dataset=dataset),  # where the suggestions came from
     }
     return render(request, "datasets/workbench.html", context)
 

@@ -18,16 +18,23 @@ from django.test import Client
 from classifier_site.celery import app as celery_app
 from datasets.models import Dataset, Image, Split
 from datasets.services import dataset_create, images_add
+from tests import train_once
 from tests.images import colour_items
-from trainer.evaluations import Predictions, evaluation_record
+from trainer.jobs.services import training_job_run, training_job_start
 from trainer.ml.config import TrainConfig
 from trainer.ml.metrics import report
 from trainer.models import Evaluation, ModelVersion
-from trainer.services import training_job_run, training_job_start
+from trainer.reports.services import Predictions, evaluation_record
 
 ROOT = Path(__file__).resolve().parent.parent
 # Tests publish to, and workers consume from, a Redis database of their own.
 TEST_BROKER_URL = os.environ.get("TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from classifier_site.folders import ensure_folders
+
+    ensure_folders()  # the test database's default place is VAR_DIR; importing settings creates nothing
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -75,11 +82,20 @@ def colour_dataset(db: None) -> Dataset:
     return dataset
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _train_once_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # one folder for every xdist worker
+    train_once.use_folder(shared / "trained-once")
+
+
 def train_now(dataset: Dataset, **config: object) -> ModelVersion:
-    """Train in this process (no worker) and return the version it produced."""
+    """Train in this process (no worker) and return the version it produced. The same
+    config on the same pixels trains once per session (tests.train_once)."""
     config = {"arch": "baseline", "epochs": 4, "batch_size": 16, **config}
     job = training_job_start(dataset=dataset, config=TrainConfig.from_dict(config), enqueue=False)
-    training_job_run(job_id=job.pk)
+    with train_once.trained_once():
+        training_job_run(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == "succeeded", job.error
     return job.model_version

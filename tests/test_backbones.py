@@ -185,12 +185,12 @@ def test_the_catalogue_carries_keras_own_published_hashes_and_urls():
 
 
 def test_the_backbones_page_is_for_admins(admin_client, member_client, client):
-    response = admin_client.get(reverse("backbones"))
+    response = admin_client.get(reverse("backbones:list"))
     assert response.status_code == 200
     page = response.content.decode()
     for backbone in backbones.CATALOGUE.values():
         assert f'data-name="{backbone.name}"' in page
     assert "fetch_weights --from DIR" in page and "<code>auto</code>" in page
-    assert reverse("backbones") in admin_client.get(reverse("trainer:create")).content.decode()
+    assert reverse("backbones:list") in admin_client.get(reverse("trainer:create")).content.decode()
     for outsider in (member_client, client):
-        assert outsider.get(reverse("backbones")).status_code in (302, 403)
+        assert outsider.get(reverse("backbones:list")).status_code in (302, 403)

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT
-from trainer.charts import DPI, confusion_heatmap, heatmap_inches, reliability_diagram
 from trainer.ml.metrics import calibration_bins
+from trainer.reports.charts import DPI, confusion_heatmap, heatmap_inches, reliability_diagram
 
 
 @pytest.mark.parametrize("classes", [2, 10, 100])
@@ -39,7 +39,7 @@ def test_charts_draw_on_the_agg_backend_even_with_a_display_configured():
     import sys
 
     # seaborn imports pyplot; charts pin its backend to Agg before that, whatever the environment says.
-    code = "import matplotlib, trainer.charts; print(matplotlib.get_backend())"
+    code = "import matplotlib, trainer.reports.charts; print(matplotlib.get_backend())"
     run = subprocess.run([sys.executable, "-c", code], env={"MPLBACKEND": "TkAgg", "PATH": "/usr/bin:/bin"},
                          cwd=ROOT, capture_output=True, text=True, check=True)  # fmt: skip
     assert run.stdout.strip().lower() == "agg"

@@ -5,7 +5,8 @@ from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.test import APIClient
 
-from datasets.models import Dataset, DatasetImport, Image, ImportStatus, Label
+from classifier_site.runs import RunStatus
+from datasets.models import Dataset, DatasetImport, Image, Label
 from datasets.services import import_run
 from tests.images import class_folder_zip, colour_image
 
@@ -25,13 +26,13 @@ def test_create_dataset_then_upload_an_archive(admin_client, tmp_path):
     response = admin_client.post(f"/datasets/{dataset.pk}/upload/", {"archive": _zip_upload(tmp_path)})
     record = DatasetImport.objects.get()
     assert response["Location"] == f"/datasets/imports/{record.pk}/"
-    assert record.status == ImportStatus.QUEUED and default_storage.exists(record.source.name)
+    assert record.status == RunStatus.QUEUED and default_storage.exists(record.source.name)
     page = admin_client.get(f"/datasets/imports/{record.pk}/").content.decode()
     assert "Waiting for a worker" in page and 'hx-trigger="every 1s"' in page
 
     import_run(import_id=record.pk)  # what the worker does
     record.refresh_from_db()
-    assert record.status == ImportStatus.SUCCEEDED and record.report["imported"] == 9
+    assert record.status == RunStatus.SUCCEEDED and record.report["imported"] == 9
     assert not record.source and not default_storage.exists(f"imports/{record.pk}")  # upload removed once imported
     page = admin_client.get(f"/datasets/imports/{record.pk}/", HTTP_HX_REQUEST="true").content.decode()
     assert "hx-trigger" not in page and "<strong>9</strong> images imported" in page
@@ -190,13 +191,13 @@ def test_failed_import_can_be_retried_from_its_page(admin_client, tmp_path, monk
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("datasets.services._ImageWriter.finish", disk_full)
-    assert import_run(import_id=record.pk).status == ImportStatus.FAILED
+    assert import_run(import_id=record.pk).status == RunStatus.FAILED
     page = admin_client.get(f"/datasets/imports/{record.pk}/").content.decode()
     assert "Nothing was imported" in page and "Retry" in page
     monkeypatch.undo()
     admin_client.post(f"/datasets/imports/{record.pk}/retry/")
     record.refresh_from_db()
-    assert record.status == ImportStatus.QUEUED and record.error == ""
+    assert record.status == RunStatus.QUEUED and record.error == ""
     assert import_run(import_id=record.pk).report["imported"] == 9
     assert Image.objects.filter(dataset=dataset).count() == 9
 
@@ -216,5 +217,5 @@ def test_retry_refuses_running_and_finished_imports_but_takes_stale_ones(api, tm
     # Its worker died ten minutes ago: no progress since.
     DatasetImport.objects.filter(pk=record.pk).update(started_at=timezone.now() - timedelta(minutes=10))
     assert api.post(f"/api/v1/imports/{record.pk}/retry/").json()["status"] == "queued"
-    assert import_run(import_id=record.pk).status == ImportStatus.SUCCEEDED
+    assert import_run(import_id=record.pk).status == RunStatus.SUCCEEDED
     assert api.post(f"/api/v1/imports/{record.pk}/retry/").status_code == 409

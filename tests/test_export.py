@@ -16,10 +16,11 @@ from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
+from classifier_site.runs import RunStatus
 from tests.conftest import model_version_row
 from tests.images import COLOURS
-from trainer.exports import ExportRefused, model_export_request, model_export_run
-from trainer.models import ExportStatus, ModelExport, ModelVersion
+from trainer.models import ModelExport, ModelVersion
+from trainer.registry.exports import ExportRefused, model_export_request, model_export_run
 
 FORMATS = ["keras", "savedmodel", "tflite", "onnx"]
 # Float32 softmax from four runtimes: they differ by about 1e-7 (see the report).
@@ -152,8 +153,8 @@ def _stored_path(export: ModelExport, tmp_path: Path, fmt: str) -> Path:
 def test_every_export_of_a_trained_version_answers_like_keras(
     trained_version, tmp_path, django_capture_on_commit_callbacks
 ):
-    from classification.predictor import local_model_file
     from trainer.ml.files import sha256_file
+    from trainer.registry.files import local_model_file
 
     images = sample_images(trained_version.image_size)
     expected = keras_answers(local_model_file(trained_version), images)
@@ -161,9 +162,9 @@ def test_every_export_of_a_trained_version_answers_like_keras(
         with django_capture_on_commit_callbacks() as queued:
             export = model_export_request(version=trained_version, format=fmt)
         if fmt != "keras":  # converted by a worker; the task runs here instead
-            assert export.status == ExportStatus.QUEUED and len(queued) == 1
+            assert export.status == RunStatus.QUEUED and len(queued) == 1
             export = model_export_run(export_id=export.pk)
-        assert export.status == ExportStatus.SUCCEEDED, export.error
+        assert export.status == RunStatus.SUCCEEDED, export.error
         local = _stored_path(export, tmp_path, fmt)
         assert export.sha256 == sha256_file(local) and export.file_size == local.stat().st_size
         assert_same_answers(fmt, run_export(fmt, local, images, tmp_path), expected)
@@ -182,10 +183,10 @@ def test_requests_are_idempotent_and_a_duplicate_delivery_converts_nothing(
     with django_capture_on_commit_callbacks() as again:  # still queued: sent again, same row
         assert model_export_request(version=version, format="onnx").pk == export.pk
     assert len(first) == len(again) == 1 and ModelExport.objects.count() == 1
-    ModelExport.objects.filter(pk=export.pk).update(status=ExportStatus.RUNNING)
+    ModelExport.objects.filter(pk=export.pk).update(status=RunStatus.RUNNING)
     with django_capture_on_commit_callbacks() as while_running:
-        assert model_export_request(version=version, format="onnx").status == ExportStatus.RUNNING
-    assert model_export_run(export_id=export.pk).status == ExportStatus.RUNNING  # not claimed twice
+        assert model_export_request(version=version, format="onnx").status == RunStatus.RUNNING
+    assert model_export_run(export_id=export.pk).status == RunStatus.RUNNING  # not claimed twice
     assert while_running == []
     assert model_export_run(export_id=10**6) is None
     with pytest.raises(ExportRefused, match="Unknown export format 'pickle'"):
@@ -199,12 +200,12 @@ def test_a_damaged_model_file_fails_the_export_with_a_message_and_it_can_be_retr
     version = model_version_row(colour_dataset)
     default_storage.save(version.file.name, ContentFile(b"half a model"))
     export = model_export_run(export_id=model_export_request(version=version, format="tflite").pk)
-    assert export.status == ExportStatus.FAILED and export.finished_at is not None
+    assert export.status == RunStatus.FAILED and export.finished_at is not None
     assert export.error == f"Model file of version {version.pk} is damaged (checksum mismatch)."
     assert not export.file
     with django_capture_on_commit_callbacks() as queued:
         retried = model_export_request(version=version, format="tflite")
-    assert retried.status == ExportStatus.QUEUED and retried.error == "" and len(queued) == 1
+    assert retried.status == RunStatus.QUEUED and retried.error == "" and len(queued) == 1
 
 
 @pytest.mark.django_db
@@ -212,13 +213,13 @@ def test_a_broker_that_is_down_fails_the_export_with_a_message(
     colour_dataset, monkeypatch, django_capture_on_commit_callbacks
 ):
     monkeypatch.setattr(
-        "trainer.exports.publish", lambda task, *args: "Could not reach the task broker: is it running?"
+        "classifier_site.runs.publish", lambda task, *args: "Could not reach the task broker: is it running?"
     )
     version = model_version_row(colour_dataset)
     with django_capture_on_commit_callbacks(execute=True):
         export = model_export_request(version=version, format="savedmodel")
     export.refresh_from_db()
-    assert export.status == ExportStatus.FAILED and "task broker" in export.error
+    assert export.status == RunStatus.FAILED and "task broker" in export.error
 
 
 def test_exports_go_to_the_default_queue_not_the_gpu_one():
@@ -235,10 +236,10 @@ def test_a_worker_converts_a_requested_export(celery_worker_process, trained_ver
     with transaction.atomic():
         export = model_export_request(version=trained_version, format="onnx")
     deadline = time.monotonic() + 120
-    while export.status in (ExportStatus.QUEUED, ExportStatus.RUNNING) and time.monotonic() < deadline:
+    while export.status in (RunStatus.QUEUED, RunStatus.RUNNING) and time.monotonic() < deadline:
         time.sleep(0.5)
         export.refresh_from_db()
-    assert export.status == ExportStatus.SUCCEEDED, export.error or celery_worker_process.log_path.read_text()[-3000:]
+    assert export.status == RunStatus.SUCCEEDED, export.error or celery_worker_process.log_path.read_text()[-3000:]
     assert default_storage.exists(export.file.name)
 
 
@@ -247,7 +248,7 @@ def test_a_worker_converts_a_requested_export(celery_worker_process, trained_ver
 
 @pytest.mark.django_db
 def test_export_command_writes_a_file_that_answers_like_keras(trained_version, tmp_path):
-    from classification.predictor import local_model_file
+    from trainer.registry.files import local_model_file
 
     out = io.StringIO()
     call_command("export_model", str(trained_version.pk), "--format", "onnx", "--output", str(tmp_path / "m.onnx"),
@@ -294,7 +295,7 @@ def finish(export: ModelExport, content: bytes = b"onnx bytes") -> ModelExport:
     """What a worker leaves behind: the stored file and a succeeded row."""
     name = default_storage.save(f"exports/version-{export.model_version_id}/x.{export.format}", ContentFile(content))
     ModelExport.objects.filter(pk=export.pk).update(
-        status=ExportStatus.SUCCEEDED, file=name, sha256="a" * 64, file_size=len(content)
+        status=RunStatus.SUCCEEDED, file=name, sha256="a" * 64, file_size=len(content)
     )
     export.refresh_from_db()
     return export
@@ -439,14 +440,15 @@ def test_an_export_whose_worker_died_can_be_asked_for_again(colour_dataset):
 
     from django.utils import timezone
 
+    from classifier_site.runs import RunStatus
     from tests.conftest import model_version_row
-    from trainer.exports import model_export_request
-    from trainer.models import ExportStatus, ModelExport
+    from trainer.models import ModelExport
+    from trainer.registry.exports import model_export_request
 
     version = model_version_row(colour_dataset)
-    running = ModelExport.objects.create(model_version=version, format="onnx", status=ExportStatus.RUNNING,
+    running = ModelExport.objects.create(model_version=version, format="onnx", status=RunStatus.RUNNING,
                                          started_at=timezone.now() - timedelta(minutes=5))  # fmt: skip
-    assert model_export_request(version=version, format="onnx").status == ExportStatus.RUNNING  # still working
+    assert model_export_request(version=version, format="onnx").status == RunStatus.RUNNING  # still working
     ModelExport.objects.filter(pk=running.pk).update(started_at=timezone.now() - timedelta(hours=1))
     again = model_export_request(version=version, format="onnx")
-    assert again.status == ExportStatus.QUEUED and again.started_at is None
+    assert again.status == RunStatus.QUEUED and again.started_at is None

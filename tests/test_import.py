@@ -11,8 +11,9 @@ import pytest
 from django.core.files.storage import default_storage
 from django.core.management import CommandError, call_command
 
+from classifier_site.runs import RunStatus
 from datasets.archives import Limits
-from datasets.models import Dataset, Image, ImportStatus, Label
+from datasets.models import Dataset, Image, Label
 from datasets.services import dataset_create, import_local_file
 from tests.images import cifar_tarball, class_folder_zip, colour_image, encode, write_tar, write_zip
 
@@ -60,7 +61,7 @@ def test_tar_gz_with_predefined_splits_and_a_wrapping_folder(dataset, tmp_path):
         for split in ("train", "test") for colour in ("red", "blue") for i in range(6)
     }  # fmt: skip
     record = _import(dataset, write_tar(tmp_path / "d.tar.gz", entries))
-    assert record.status == ImportStatus.SUCCEEDED and record.format == "tar"
+    assert record.status == RunStatus.SUCCEEDED and record.format == "tar"
     assert record.report["per_class"] == {"blue": 12, "red": 12}  # "photos/" is only a wrapper
     images = Image.objects.filter(dataset=dataset)
     assert set(images.filter(original_name__contains="/test/").values_list("split", flat=True)) == {"test"}
@@ -112,12 +113,12 @@ def test_csv_manifest_in_a_tar_gz(dataset, tmp_path):
 def test_manifest_with_an_unknown_split_refuses_the_import(dataset, tmp_path):
     archive = write_zip(tmp_path / "m.zip", {"m.csv": b"filename,label,split\na.png,cat,holdout\n"})
     record = _import(dataset, archive)
-    assert record.status == ImportStatus.FAILED and "unknown split 'holdout'" in record.error
+    assert record.status == RunStatus.FAILED and "unknown split 'holdout'" in record.error
 
 
 def test_cifar10_tarball_keeps_its_train_test_split(dataset, tmp_path):
     record = _import(dataset, cifar_tarball(tmp_path / "cifar-10-python.tar.gz", per_batch=4))
-    assert record.status == ImportStatus.SUCCEEDED, record.error
+    assert record.status == RunStatus.SUCCEEDED, record.error
     assert record.format == "CIFAR-10 python tarball" and record.report["imported"] == 24
     from_test = Image.objects.filter(dataset=dataset, original_name__startswith="test_batch")
     assert set(from_test.values_list("split", flat=True)) == {"test"} and from_test.count() == 4
@@ -134,7 +135,7 @@ def test_cifar_batch_that_unpickles_code_is_refused(dataset, tmp_path):
 
     evil = {"cifar-10-batches-py/batches.meta": pickle.dumps({b"label_names": [Exploit()]}, protocol=2)}
     record = _import(dataset, write_tar(tmp_path / "evil.tar.gz", evil))
-    assert record.status == ImportStatus.FAILED
+    assert record.status == RunStatus.FAILED
     # Protocol 2 names Python 3 builtins by their Python 2 module.
     assert record.error == "CIFAR batch contains a forbidden object (__builtin__.print)"
 
@@ -237,7 +238,7 @@ def test_zip_bomb_is_stopped_by_the_decompressed_byte_budget(dataset, tmp_path, 
             archive.writestr(f"red/bomb{i}.png", b"\x00" * 600_000)  # 600 KB each, 600 bytes compressed
     assert path.stat().st_size < 10_000
     record = _import(dataset, path, max_total_bytes=1_000_000)
-    assert record.status == ImportStatus.FAILED
+    assert record.status == RunStatus.FAILED
     assert record.error.startswith("expands to more than 1,000,000 bytes")
     assert not Image.objects.exists() and _files_under(settings.MEDIA_ROOT) == []
 
@@ -257,7 +258,7 @@ def test_overlapping_entries_zip_bomb_is_refused(dataset, tmp_path):
     raw[second + 42 : second + 46] = (0).to_bytes(4, "little")  # ...now points at a.png's bytes
     path.write_bytes(bytes(raw))
     record = _import(dataset, path)
-    assert record.status == ImportStatus.FAILED and record.error == "overlapping zip entries (zip bomb)"
+    assert record.status == RunStatus.FAILED and record.error == "overlapping zip entries (zip bomb)"
 
 
 def test_not_an_archive_and_a_damaged_one(dataset, tmp_path):
@@ -266,7 +267,7 @@ def test_not_an_archive_and_a_damaged_one(dataset, tmp_path):
     assert _import(dataset, text).error == "not a zip or tar archive"
     cut = class_folder_zip(tmp_path / "c.zip", per_class=3)
     cut.write_bytes(cut.read_bytes()[:-30])  # end of central directory cut off
-    assert _import(dataset, cut).status == ImportStatus.FAILED
+    assert _import(dataset, cut).status == RunStatus.FAILED
 
 
 def test_non_zip_gives_a_clear_command_error(tmp_path):
@@ -289,7 +290,7 @@ def test_failed_import_leaves_no_rows_and_no_files_and_can_be_retried(tmp_path, 
 
     monkeypatch.setattr("datasets.services._ImageWriter.finish", disk_full)
     record = _import(dataset, archive)
-    assert record.status == ImportStatus.FAILED and "No space left on device" in record.error
+    assert record.status == RunStatus.FAILED and "No space left on device" in record.error
     assert Image.objects.filter(dataset=dataset).count() == 0
     assert Label.objects.filter(dataset=dataset).count() == 0
     assert _files_under(settings.MEDIA_ROOT / "datasets") == []

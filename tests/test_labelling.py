@@ -340,7 +340,7 @@ def test_django_admin_shows_history_read_only_and_never_edits_labels(admin_clien
     images_label_set(dataset=small, edits=[LabelEdit(a, "blue", 0)], user=admin_user, source="workbench")
     assert "blue" in admin_client.get("/admin/datasets/labelchange/").content.decode()
     assert admin_client.get("/admin/datasets/labelchange/add/").status_code == 403
-    assert admin_client.get("/admin/trainer/scoringrun/").status_code == 200
+    assert admin_client.get("/admin/classification/scoringrun/").status_code == 200
     page = admin_client.get(f"/admin/datasets/image/{a}/change/").content.decode()
     assert 'name="label"' not in page and "blue" in page
 

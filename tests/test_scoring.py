@@ -16,14 +16,16 @@ from django.test import RequestFactory
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from classification.models import ScoringRun
+from classification.scoring import services as scoring
+from classification.scoring.selectors import scoring_latest
+from classification.scoring.services import ScoringRefused, scoring_run, scoring_start
 from datasets.imaging import load_array
 from datasets.models import Dataset, Image
 from datasets.services import dataset_create
 from tests.conftest import model_version_row
-from trainer import scoring
-from trainer.ml.scoring import scores
-from trainer.models import ModelVersion, ScoringRun
-from trainer.scoring import ScoringRefused, scoring_latest, scoring_run, scoring_start
+from trainer.ml.inference import scores
+from trainer.models import ModelVersion
 
 
 @pytest.fixture
@@ -64,8 +66,8 @@ def test_scores_of_a_one_class_model_and_of_bad_shapes():
 
 @pytest.mark.django_db
 def test_a_run_writes_what_the_model_answers_for_every_image_and_skips_unreadable_files(trained_version, monkeypatch):
-    from classification.predictor import local_model_file
     from trainer.ml.export import load_model
+    from trainer.registry.files import local_model_file
 
     dataset = trained_version.dataset
     images = list(Image.objects.filter(dataset=dataset).order_by("pk"))
@@ -99,7 +101,9 @@ def test_a_run_writes_what_the_model_answers_for_every_image_and_skips_unreadabl
     for image, p in zip(readable, probabilities, strict=True):
         row = rows[image.pk]
         ranked = np.sort(p)[::-1]
-        assert row.suggestion == trained_version.classes[int(p.argmax())] and row.suggestion_model == trained_version
+        assert (
+            row.suggestion == trained_version.classes[int(p.argmax())] and row.suggestion_version == trained_version.pk
+        )
         assert row.suggestion_confidence == pytest.approx(ranked[0], abs=1e-5)
         assert row.suggestion_margin == pytest.approx(ranked[0] - ranked[1], abs=1e-5)
         assert row.suggestion_entropy == pytest.approx(-(p * np.log(np.maximum(p, 1e-30))).sum(), abs=1e-4)
@@ -108,7 +112,7 @@ def test_a_run_writes_what_the_model_answers_for_every_image_and_skips_unreadabl
     assert agree >= 0.8 * len(readable)
     for pk in (corrupt.pk, missing.pk):  # no suggestion rather than a stale one
         skipped = rows[pk]
-        assert skipped.suggestion == "" and skipped.suggestion_confidence is None and skipped.suggestion_model is None
+        assert skipped.suggestion == "" and skipped.suggestion_confidence is None and skipped.suggestion_version is None
 
 
 @pytest.mark.django_db
@@ -118,7 +122,7 @@ def test_the_command_scores_and_sums_up_in_one_line(trained_version, capsys):
     assert capsys.readouterr().out.strip() == (
         f"Scoring run {run.pk} of colours with {trained_version.name}: succeeded, 120 images scored, 0 skipped"
     )
-    assert not Image.objects.filter(dataset=trained_version.dataset, suggestion_model__isnull=True).exists()
+    assert not Image.objects.filter(dataset=trained_version.dataset, suggestion_version__isnull=True).exists()
     call_command("score_dataset", str(trained_version.dataset.pk), "--inline", "--json")
     assert '"status": "succeeded", "processed": 120, "total": 120, "skipped": 0' in capsys.readouterr().out
 
@@ -169,7 +173,7 @@ def test_one_active_run_per_dataset(promoted_row, colour_dataset, django_capture
 
 @pytest.mark.django_db
 def test_the_task_fails_a_run_whose_model_file_is_missing_and_ignores_duplicates(promoted_row, colour_dataset):
-    from trainer.tasks import score_dataset
+    from classification.tasks import score_dataset
 
     run = scoring_start(dataset=colour_dataset, enqueue=False)
     score_dataset.apply(args=[run.pk])  # in this process, as a worker would
@@ -185,7 +189,9 @@ def test_the_task_fails_a_run_whose_model_file_is_missing_and_ignores_duplicates
 def test_a_broker_that_is_down_fails_the_run_saying_so(
     promoted_row, colour_dataset, monkeypatch, django_capture_on_commit_callbacks
 ):
-    monkeypatch.setattr(scoring, "publish", lambda task, *args: "Could not reach the task broker: is it running?")
+    monkeypatch.setattr(
+        "classifier_site.runs.publish", lambda task, *args: "Could not reach the task broker: is it running?"
+    )
     with django_capture_on_commit_callbacks(execute=True):
         run = scoring_start(dataset=colour_dataset)
     run.refresh_from_db()
@@ -267,7 +273,9 @@ def test_the_status_partial_polls_while_running_and_names_the_model_when_done(
 ):
     request = RequestFactory().get(f"/datasets/{colour_dataset.pk}/label/")
     request.user = admin_user
-    empty = render_to_string("trainer/_scoring_status.html", {"scoring": None, "dataset": colour_dataset}, request)
+    empty = render_to_string(
+        "classification/_scoring_status.html", {"scoring": None, "dataset": colour_dataset}, request
+    )
     assert "No model suggestions yet" in empty and "Score with the promoted model" in empty
     assert f'name="next" value="/datasets/{colour_dataset.pk}/label/"' in empty and "hx-trigger" not in empty
 

@@ -19,7 +19,7 @@ from tests.conftest import model_version_row, train_now
 from tests.images import colour_image, encode
 from trainer.ml.metrics import rejection_threshold
 from trainer.models import ModelVersion, Promotion
-from trainer.services import (
+from trainer.registry.services import (
     PromotionRefused,
     model_version_promote,
     model_version_rollback,

@@ -96,3 +96,22 @@ def test_secrets_can_come_from_files(tmp_path):
     assert both.returncode != 0 and "Set SECRET_KEY or SECRET_KEY_FILE, not both." in both.stderr
     missing = _settings({**env, "VAR_DIR": str(tmp_path), "SECRET_KEY_FILE": str(tmp_path / "nope")}, "1")
     assert missing.returncode != 0 and "SECRET_KEY_FILE=" in missing.stderr and "cannot be read" in missing.stderr
+
+
+def test_loading_the_settings_creates_no_folder_and_opens_no_database(tmp_path):
+    var = tmp_path / "var"
+    run = _settings(
+        {"VAR_DIR": str(var), "DATABASE_URL": "postgres://nobody@127.0.0.1:1/none"},
+        "[s.DATABASES['default']['PORT'], __import__('django.db', fromlist=['x']).connection.connection is None]",
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == [1, True]  # port 1 has no server: any connection attempt would have failed
+    assert not var.exists()
+
+
+def test_manage_py_creates_the_folders_it_writes_to(tmp_path):
+    var = tmp_path / "var"
+    env = {"PATH": "/usr/bin:/bin", "VAR_DIR": str(var)}
+    run = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert var.is_dir() and (var / "staticfiles").is_dir()

@@ -11,32 +11,33 @@ from django.core.management import CommandError, call_command
 from django.db import IntegrityError
 from django.utils import timezone
 
+from classifier_site.runs import RunStatus
 from datasets.services import dataset_create, images_add
 from tests.conftest import ROOT, subprocess_env, train_now
 from tests.images import colour_image, colour_items
-from trainer.ml.config import TrainConfig
-from trainer.ml.files import sha256_file
-from trainer.models import JobStatus, ModelVersion, TrainingJob
-from trainer.selectors import model_version_serving
-from trainer.services import (
+from trainer.jobs.services import (
     Heartbeat,
     JobReporter,
     TrainingRefused,
     _claim,
-    model_version_promote,
     training_job_cancel,
     training_job_repeat,
     training_job_run,
     training_job_start,
     training_jobs_reap,
 )
+from trainer.ml.config import TrainConfig
+from trainer.ml.files import sha256_file
+from trainer.models import ModelVersion, TrainingJob
+from trainer.registry.selectors import model_version_serving
+from trainer.registry.services import model_version_promote
 
 
 @pytest.mark.django_db
 def test_job_trains_and_records_a_verifiable_model(colour_dataset, settings):
     version = train_now(colour_dataset)
     job = version.job
-    assert job.status == JobStatus.SUCCEEDED and job.progress == 1.0
+    assert job.status == RunStatus.SUCCEEDED and job.progress == 1.0
     assert job.device == "CPU" and job.host and job.started_at and job.finished_at
     assert [h["epoch"] for h in job.history] == [1, 2, 3, 4]
     assert version.classes == ["blue", "green", "red"]
@@ -67,19 +68,19 @@ def test_duplicate_delivery_does_nothing(colour_dataset):
 @pytest.mark.django_db
 def test_cancel_queued_job_is_immediate_and_final(colour_dataset):
     job = training_job_start(dataset=colour_dataset, config=TrainConfig(), enqueue=False)
-    assert training_job_cancel(job=job).status == JobStatus.CANCELLED
+    assert training_job_cancel(job=job).status == RunStatus.CANCELLED
     training_job_run(job_id=job.pk)  # a late delivery cannot revive it
     job.refresh_from_db()
-    assert job.status == JobStatus.CANCELLED and not ModelVersion.objects.exists()
+    assert job.status == RunStatus.CANCELLED and not ModelVersion.objects.exists()
 
 
 @pytest.mark.django_db
 def test_cancel_requested_while_running_stops_after_an_epoch(colour_dataset, monkeypatch):
     job = training_job_start(dataset=colour_dataset, config=TrainConfig(epochs=20), enqueue=False)
-    monkeypatch.setattr("trainer.services.JobReporter.should_stop", lambda self: True)
+    monkeypatch.setattr("trainer.jobs.services.JobReporter.should_stop", lambda self: True)
     training_job_run(job_id=job.pk)
     job.refresh_from_db()
-    assert job.status == JobStatus.CANCELLED and job.epoch == 1
+    assert job.status == RunStatus.CANCELLED and job.epoch == 1
     assert not ModelVersion.objects.exists()
 
 
@@ -90,10 +91,10 @@ def test_a_crash_in_training_fails_the_job_with_the_reason(colour_dataset, monke
     def out_of_memory(*args, **kwargs):
         raise MemoryError("cannot allocate 4 GB")
 
-    monkeypatch.setattr("trainer.snapshots.load_array", out_of_memory)
+    monkeypatch.setattr("trainer.jobs.snapshots.load_array", out_of_memory)
     training_job_run(job_id=job.pk)
     job.refresh_from_db()
-    assert job.status == JobStatus.FAILED and job.error == "MemoryError: cannot allocate 4 GB"
+    assert job.status == RunStatus.FAILED and job.error == "MemoryError: cannot allocate 4 GB"
 
 
 @pytest.mark.django_db
@@ -103,7 +104,7 @@ def test_missing_image_files_are_skipped_and_reported(colour_dataset):
         default_storage.delete(image.file.name)
     training_job_run(job_id=job.pk)
     job.refresh_from_db()
-    assert job.status == JobStatus.FAILED and "training split is empty" in job.error
+    assert job.status == RunStatus.FAILED and "training split is empty" in job.error
 
 
 @pytest.mark.django_db
@@ -145,7 +146,7 @@ def test_broker_down_fails_the_job_with_a_clear_error():
     assert run.returncode != 0
     assert "Could not reach the task broker" in run.stderr
     job = TrainingJob.objects.get()
-    assert job.status == JobStatus.FAILED and "broker" in job.error
+    assert job.status == RunStatus.FAILED and "broker" in job.error
     assert default_storage.exists("models") is False
 
 
@@ -154,7 +155,7 @@ def _running_job(dataset, *, attempts=1, seconds_silent=600, **fields):
     job = training_job_start(dataset=dataset, config=TrainConfig.from_dict({"arch": "baseline"}), enqueue=False)
     beat = timezone.now() - timedelta(seconds=seconds_silent)
     TrainingJob.objects.filter(pk=job.pk).update(
-        status=JobStatus.RUNNING, attempts=attempts, heartbeat_at=beat, host="gpu-7", **fields
+        status=RunStatus.RUNNING, attempts=attempts, heartbeat_at=beat, host="gpu-7", **fields
     )
     return job
 
@@ -164,7 +165,7 @@ def test_reaper_requeues_a_job_whose_worker_died_and_publishes_it(
     colour_dataset, monkeypatch, django_capture_on_commit_callbacks
 ):
     published = []
-    monkeypatch.setattr("trainer.services.publish", lambda task, *args: published.append(args) and None)
+    monkeypatch.setattr("classifier_site.runs.publish", lambda task, *args: published.append(args) and None)
     dead = _running_job(colour_dataset)
     alive = _running_job(colour_dataset, seconds_silent=5)
     with django_capture_on_commit_callbacks(execute=True):
@@ -172,7 +173,7 @@ def test_reaper_requeues_a_job_whose_worker_died_and_publishes_it(
     assert reaped.requeued == [dead.pk] and not reaped.failed
     dead.refresh_from_db()
     alive.refresh_from_db()
-    assert dead.status == JobStatus.QUEUED and alive.status == JobStatus.RUNNING
+    assert dead.status == RunStatus.QUEUED and alive.status == RunStatus.RUNNING
     assert published == [(dead.pk,)]
     assert "Re-queued: the worker on gpu-7 stopped responding" in dead.events[-1]["message"]
     # The next worker claims it as attempt 2; writes from attempt 1 no longer land.
@@ -191,10 +192,10 @@ def test_reaper_fails_a_job_after_the_last_attempt_and_cancels_a_cancelled_one(c
     reaped = training_jobs_reap()
     assert (reaped.failed, reaped.cancelled, reaped.requeued) == ([exhausted.pk], [cancelled.pk], [])
     exhausted.refresh_from_db()
-    assert exhausted.status == JobStatus.FAILED and exhausted.finished_at
+    assert exhausted.status == RunStatus.FAILED and exhausted.finished_at
     assert "stopped responding" in exhausted.error and "attempt 3 of 3; not retrying" in exhausted.error
     cancelled.refresh_from_db()
-    assert cancelled.status == JobStatus.CANCELLED
+    assert cancelled.status == RunStatus.CANCELLED
 
 
 @pytest.mark.django_db(transaction=True)
@@ -222,11 +223,11 @@ def test_a_job_records_its_environment_and_resolved_config_and_runs_again_exactl
     images_add(dataset=colour_dataset, items=extra)  # the dataset moves on
 
     again = training_job_repeat(job=job)
-    assert again.pk != job.pk and again.status == JobStatus.QUEUED
+    assert again.pk != job.pk and again.status == RunStatus.QUEUED
     assert again.config == job.config and again.snapshot == job.snapshot  # same settings, same images
     training_job_run(job_id=again.pk)
     again.refresh_from_db()
-    assert again.status == JobStatus.SUCCEEDED, again.error
+    assert again.status == RunStatus.SUCCEEDED, again.error
     assert again.model_version.metrics["count"] == version.metrics["count"]
 
 
@@ -234,16 +235,16 @@ def test_a_job_records_its_environment_and_resolved_config_and_runs_again_exactl
 def test_missing_backbone_weights_fail_the_job_at_once_with_the_fix(colour_dataset, monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
     job = training_job_start(dataset=colour_dataset, config=TrainConfig.from_dict({"arch": "mobilenet"}), enqueue=False)
-    monkeypatch.setattr("trainer.services._load_data", lambda *a: pytest.fail("loaded the data first"))
+    monkeypatch.setattr("trainer.jobs.services._load_data", lambda *a: pytest.fail("loaded the data first"))
     training_job_run(job_id=job.pk)
     job.refresh_from_db()
-    assert job.status == JobStatus.FAILED
+    assert job.status == RunStatus.FAILED
     assert job.error.startswith("ImageNet weights for mobilenet are not installed") and "fetch_weights" in job.error
 
 
 @pytest.mark.django_db
 def test_decoded_images_are_cached_per_snapshot_and_size(colour_dataset, monkeypatch):
     first = train_now(colour_dataset, epochs=1)
-    monkeypatch.setattr("trainer.snapshots.load_array", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr("trainer.jobs.snapshots.load_array", lambda *a: pytest.fail("decoded again"))
     second = train_now(colour_dataset, epochs=1, seed=1)  # same snapshot and size: read from the cache
     assert second.job.snapshot_hash == first.job.snapshot_hash

@@ -247,7 +247,7 @@ def test_the_lite0_file_installs_trains_saves_reloads_and_exports(keras_home, tm
 
 @pytest.mark.django_db
 def test_an_auto_job_on_colour_images_uses_the_installed_backbone_and_says_why(tiny, colour_dataset):
-    from trainer.services import training_job_repeat, training_job_run, training_job_start
+    from trainer.jobs.services import training_job_repeat, training_job_run, training_job_start
 
     job = training_job_start(dataset=colour_dataset, config=TrainConfig(), enqueue=False)
     training_job_run(job_id=job.pk)
@@ -272,8 +272,8 @@ def test_an_auto_job_on_colour_images_uses_the_installed_backbone_and_says_why(t
 def test_a_changed_backbone_file_or_snapshot_recomputes_the_features(tiny, colour_dataset, tmp_path):
     from datasets.services import images_add
     from tests.images import colour_image
+    from trainer.jobs.services import training_job_run, training_job_start
     from trainer.ml.weights import install_file
-    from trainer.services import training_job_run, training_job_start
 
     def run() -> list[str]:
         job = training_job_start(dataset=colour_dataset, config=TrainConfig.from_dict({"arch": "tiny", "epochs": 3}),
@@ -295,10 +295,10 @@ def test_a_changed_backbone_file_or_snapshot_recomputes_the_features(tiny, colou
 
 @pytest.mark.django_db
 def test_scoring_with_a_transfer_model_reuses_its_jobs_features(tiny, colour_dataset, monkeypatch):
+    from classification.scoring.services import scoring_run, scoring_start
     from datasets.models import Image
-    from trainer.scoring import scoring_run, scoring_start
-    from trainer.services import training_job_run, training_job_start
-    from trainer.snapshots import features_folder
+    from trainer.jobs.services import training_job_run, training_job_start
+    from trainer.jobs.snapshots import features_folder
 
     job = training_job_start(dataset=colour_dataset, config=TrainConfig.from_dict({"arch": "tiny"}), enqueue=False)
     training_job_run(job_id=job.pk)
@@ -306,7 +306,9 @@ def test_scoring_with_a_transfer_model_reuses_its_jobs_features(tiny, colour_dat
     assert full.status == "succeeded"
     expected = dict(Image.objects.values_list("pk", "suggestion_confidence"))
 
-    monkeypatch.setattr("trainer.scoring._pixels", lambda *a: pytest.fail("decoded an image the cache holds"))
+    monkeypatch.setattr(
+        "classification.scoring.services._pixels", lambda *a: pytest.fail("decoded an image the cache holds")
+    )
     assert features_folder(job.snapshot, tiny, image_size=32).is_dir()
     reused = scoring_run(run_id=scoring_start(dataset=colour_dataset, enqueue=False).pk)
     assert reused.status == "succeeded" and reused.processed == 120
@@ -316,8 +318,8 @@ def test_scoring_with_a_transfer_model_reuses_its_jobs_features(tiny, colour_dat
 
 @pytest.mark.django_db
 def test_a_cancel_stops_the_job_during_the_feature_pass(tiny, colour_dataset, monkeypatch):
+    from trainer.jobs.services import training_job_run, training_job_start
     from trainer.models import TrainingJob
-    from trainer.services import training_job_run, training_job_start
 
     job = training_job_start(dataset=colour_dataset, config=TrainConfig.from_dict({"arch": "tiny"}), enqueue=False)
     TrainingJob.objects.filter(pk=job.pk).update(cancel_requested=True)  # as if pressed while it decodes
@@ -329,8 +331,8 @@ def test_a_cancel_stops_the_job_during_the_feature_pass(tiny, colour_dataset, mo
 
 @pytest.mark.django_db
 def test_a_from_scratch_job_leaves_the_decoding_phase_and_jobs_on_unknown_backbones_still_render(colour_dataset):
+    from trainer.jobs.services import JobReporter, training_job_start
     from trainer.models import TrainingJob
-    from trainer.services import JobReporter, training_job_start
 
     job = training_job_start(dataset=colour_dataset, config=TrainConfig.from_dict({"arch": "resnet"}), enqueue=False)
     TrainingJob.objects.filter(pk=job.pk).update(status="running", attempts=1)

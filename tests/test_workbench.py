@@ -5,14 +5,15 @@ import json
 import re
 
 import pytest
+from django.urls import reverse
 from django.utils.timezone import now
 
+from classification.models import ScoringRun
 from datasets.models import Dataset, Image, Label, Split
 from datasets.services import dataset_create, images_add
 from datasets.workbench_views import CLASS_KEYS, workbench_classes
 from tests.conftest import model_version_row
 from tests.images import colour_items
-from trainer.models import ScoringRun
 
 pytestmark = pytest.mark.django_db
 
@@ -151,11 +152,14 @@ def test_query_count_does_not_grow_with_the_page(admin_client, small, colour_dat
     version = model_version_row(colour_dataset)
     ScoringRun.objects.create(dataset=colour_dataset, model_version=version, status="succeeded", finished_at=now())
     for dataset in (small[0], colour_dataset):
-        # session, user, dataset, classes, class counts, unlabelled, page count, page, latest scoring run
-        with django_assert_max_num_queries(9):
+        # session, user, dataset, classes, class counts, unlabelled, page count, page
+        with django_assert_max_num_queries(8):
             page = _get(admin_client, dataset, show="disagree", order="least_confidence")
-    assert f'Suggestions from <a href="/models/{version.pk}/">{version.name}</a>' in page
-    assert "Score with the promoted model" in page
+        # Where the suggestions came from is serving's panel, which the page fetches from serving's URL.
+        assert reverse("scoring:panel", args=[dataset.pk]) in page
+    panel = admin_client.get(reverse("scoring:panel", args=[colour_dataset.pk])).content.decode()
+    assert f'Suggestions from <a href="/models/{version.pk}/">{version.name}</a>' in panel
+    assert "Score with the promoted model" in panel
 
 
 def test_class_names_are_escaped(admin_client, small):

@@ -15,9 +15,9 @@ from rest_framework.test import APIClient
 from datasets.models import DatasetImport
 from tests.conftest import ROOT, subprocess_env
 from tests.images import class_folder_zip, colour_image
+from trainer.jobs.services import training_job_start
 from trainer.ml.config import TrainConfig
 from trainer.models import TrainingJob
-from trainer.services import training_job_start
 
 pytestmark = pytest.mark.worker
 

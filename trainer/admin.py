@@ -2,8 +2,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from trainer.models import ModelVersion, ScoringRun, TrainingJob
-from trainer.services import PromotionRefused, model_version_promote
+from trainer.models import ModelVersion, TrainingJob
+from trainer.registry.services import PromotionRefused, model_version_promote
 
 
 @admin.register(TrainingJob)
@@ -33,11 +33,3 @@ class ModelVersionAdmin(admin.ModelAdmin):
             self.message_user(request, str(exc), messages.ERROR)
             return
         self.message_user(request, f"{version.name} is now served.")
-
-
-@admin.register(ScoringRun)
-class ScoringRunAdmin(admin.ModelAdmin):
-    list_display = ["id", "dataset", "model_version", "status", "processed", "total", "skipped", "created_at"]
-    list_filter = ["status", "dataset"]
-    readonly_fields = ["dataset", "model_version", "processed", "total", "skipped", "error", "created_by",
-                       "started_at", "heartbeat_at", "finished_at"]  # fmt: skip

@@ -5,21 +5,10 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
-from django.utils import timezone
 
+from classifier_site.runs import FINISHED, RunStatus, is_stale
 from datasets.models import Dataset
 from trainer.ml.config import is_pretrained_arch
-
-
-class JobStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    CANCELLED = "cancelled", "Cancelled"
-
-
-FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 class TrainingJob(models.Model):
@@ -27,7 +16,7 @@ class TrainingJob(models.Model):
     config = models.JSONField()  # trainer.ml.config.TrainConfig.to_dict()
     # Frozen at creation: {"classes": [...], "images": [[id, class index, split], ...], "hash": "..."}
     snapshot = models.JSONField(default=dict)
-    status = models.CharField(max_length=10, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    status = models.CharField(max_length=10, choices=RunStatus.choices, default=RunStatus.QUEUED)
     cancel_requested = models.BooleanField(default=False)
     progress = models.FloatField(default=0.0)  # 0..1 over all epochs
     epoch = models.PositiveIntegerField(default=0)  # epochs completed
@@ -65,7 +54,7 @@ class TrainingJob(models.Model):
 
     @property
     def is_finished(self) -> bool:
-        return self.status in FINISHED_STATUSES
+        return self.status in FINISHED
 
     @property
     def epochs(self) -> int:
@@ -100,7 +89,7 @@ class TrainingJob(models.Model):
     @property
     def eta_seconds(self) -> float | None:
         """Time left at the current speed, while running."""
-        if self.status != JobStatus.RUNNING or not self.images_per_second or not self.steps or self.phase:
+        if self.status != RunStatus.RUNNING or not self.images_per_second or not self.steps or self.phase:
             return None
         remaining_steps = (self.epochs - self.epoch) * self.steps - self.step
         batch = int(self.config.get("batch_size", 1))
@@ -178,13 +167,6 @@ class ExportFormat(models.TextChoices):
     ONNX = "onnx", "ONNX (.onnx)"
 
 
-class ExportStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-
-
 # Conversions take seconds to a minute; one running this long lost its worker.
 EXPORT_STALE = timedelta(minutes=15)
 
@@ -194,7 +176,7 @@ class ModelExport(models.Model):
 
     model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="exports")
     format = models.CharField(max_length=12, choices=ExportFormat.choices)
-    status = models.CharField(max_length=10, choices=ExportStatus.choices, default=ExportStatus.QUEUED)
+    status = models.CharField(max_length=10, choices=RunStatus.choices, default=RunStatus.QUEUED)
     file = models.FileField(max_length=300, blank=True)
     sha256 = models.CharField(max_length=64, blank=True)
     file_size = models.PositiveBigIntegerField(default=0)
@@ -213,8 +195,7 @@ class ModelExport(models.Model):
     @property
     def is_stale(self) -> bool:
         """Running for longer than any conversion takes: its worker died. It may be asked for again."""
-        started = self.started_at
-        return self.status == ExportStatus.RUNNING and started is not None and timezone.now() - started > EXPORT_STALE
+        return is_stale(status=self.status, last_sign_of_life=self.started_at, after=EXPORT_STALE)
 
 
 class Evaluation(models.Model):
@@ -283,57 +264,3 @@ class Prediction(models.Model):
     @property
     def predicted_name(self) -> str:
         return str(self.evaluation.classes[self.predicted_index])
-
-
-# A batch of images takes seconds; a run whose row has not moved for this long lost its worker.
-SCORING_STALE = timedelta(minutes=10)
-
-
-class ScoringRun(models.Model):
-    """The promoted model scoring every image of a dataset: the suggestion, its
-    confidence, margin and entropy on each Image row (trainer.scoring)."""
-
-    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="scoring_runs")
-    # The version promoted when the run was asked for; a promotion meanwhile does not change it.
-    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="scoring_runs")
-    # Queued, running, succeeded, failed: the same life as an export's.
-    status = models.CharField(max_length=10, choices=ExportStatus.choices, default=ExportStatus.QUEUED)
-    processed = models.PositiveIntegerField(default=0)  # images done, skipped ones included
-    total = models.PositiveIntegerField(null=True, blank=True)  # known once a worker starts
-    skipped = models.PositiveIntegerField(default=0)  # files missing or unreadable
-    error = models.TextField(blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)  # stamped with every batch
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at", "-id"]
-        constraints = [
-            # Two runs of one dataset at once would only race each other's writes.
-            models.UniqueConstraint(
-                fields=["dataset"],
-                condition=Q(status__in=[ExportStatus.QUEUED, ExportStatus.RUNNING]),
-                name="one_active_scoring_run_per_dataset",
-            )
-        ]
-
-    def __str__(self) -> str:
-        return f"Scoring run {self.pk} of dataset {self.dataset_id} ({self.status})"
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in (ExportStatus.SUCCEEDED, ExportStatus.FAILED)
-
-    @property
-    def progress(self) -> float | None:
-        if self.status == ExportStatus.SUCCEEDED:
-            return 1.0
-        return min(self.processed / self.total, 1.0) if self.total else None
-
-    @property
-    def is_stale(self) -> bool:
-        """Running, but no batch for longer than any takes: its worker died. Another run may start."""
-        last = self.heartbeat_at or self.started_at
-        return self.status == ExportStatus.RUNNING and last is not None and timezone.now() - last > SCORING_STALE

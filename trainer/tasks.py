@@ -4,9 +4,8 @@ import logging
 
 from celery import shared_task
 
-from trainer.exports import model_export_run
-from trainer.scoring import scoring_run
-from trainer.services import training_job_run, training_jobs_reap
+from trainer.jobs.services import training_job_run, training_jobs_reap
+from trainer.registry.exports import model_export_run
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +30,3 @@ def reap_stale_jobs() -> None:
         logger.warning(
             "reaper: re-queued %s, failed %s, cancelled %s", reaped.requeued, reaped.failed, reaped.cancelled
         )
-
-
-# Not routed to `gpu` either: inference over a dataset is minutes on a CPU, and
-# suggestions should not wait behind hours of training. Acknowledged late (the
-# settings): a redelivery after a worker died finds the run claimed and does nothing;
-# the run turns stale and a new one may start (trainer.scoring.scoring_start).
-@shared_task(name="trainer.tasks.score_dataset")
-def score_dataset(run_id: int) -> None:
-    scoring_run(run_id=run_id)

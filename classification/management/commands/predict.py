@@ -4,8 +4,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from classification.predictor import NoModelAvailable, get_predictor
+from classification.predictor import get_predictor
 from datasets.imaging import ImageRejected
+from trainer.registry.files import NoModelAvailable
 
 
 class Command(BaseCommand):

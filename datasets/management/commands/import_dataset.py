@@ -4,7 +4,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from datasets.models import Dataset, ImportStatus
+from classifier_site.runs import RunStatus
+from datasets.models import Dataset
 from datasets.services import dataset_create, import_local_file
 
 
@@ -31,7 +32,7 @@ class Command(BaseCommand):
         if not options["json"]:
             self.stderr.write(f"Importing {source} into {dataset.name!r}...")
         record = import_local_file(dataset=dataset, path=source, label=options["label"])
-        if record.status != ImportStatus.SUCCEEDED:
+        if record.status != RunStatus.SUCCEEDED:
             if created:
                 dataset.delete()
             raise CommandError(f"{source}: {record.error}")

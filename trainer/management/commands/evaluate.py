@@ -21,7 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from trainer.evaluations import EvaluationError, evaluation_run
+        from trainer.reports.services import EvaluationError, evaluation_run
 
         version = ModelVersion.objects.select_related("dataset").filter(job_id=options["job"]).first()
         if version is None:

@@ -22,9 +22,9 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print path, size and SHA-256 as JSON")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from classification.predictor import NoModelAvailable
-        from trainer.exports import ExportRefused, export_file_name, model_export_write
         from trainer.ml.export import ExportError
+        from trainer.registry.exports import ExportRefused, export_file_name, model_export_write
+        from trainer.registry.files import NoModelAvailable
 
         version = ModelVersion.objects.filter(pk=options["version"]).first()
         if version is None:

@@ -6,10 +6,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from datasets.models import Dataset
 from datasets.selectors import dataset_find
+from trainer.jobs.services import TrainingRefused, training_job_run, training_job_start
 from trainer.management.follow import follow
 from trainer.ml.config import ARCHITECTURES, ConfigError, TrainConfig
 from trainer.models import TrainingJob
-from trainer.services import TrainingRefused, training_job_run, training_job_start
 
 _CONFIG_OPTIONS = ("arch", "epochs", "batch_size", "learning_rate", "image_size", "seed")
 

@@ -7,10 +7,11 @@ from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from classification.models import ScoringRun
+from classification.scoring.selectors import scoring_run_list
+from classification.scoring.services import scoring_start
 from classifier_site.permissions import admin_user
 from datasets.models import Dataset
-from trainer.models import ScoringRun
-from trainer.scoring import ScoringRefused, scoring_run_list, scoring_start
 
 
 class ScoringRunSerializer(serializers.ModelSerializer):
@@ -53,8 +54,5 @@ class ScoringRunViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.R
         """Score a dataset with the promoted model; a worker runs it. Poll the run for its progress."""
         incoming = ScoringRunCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
-        try:
-            run = scoring_start(dataset=incoming.validated_data["dataset"], user=admin_user(request))
-        except ScoringRefused as exc:
-            return Response({"detail": str(exc)}, status.HTTP_400_BAD_REQUEST)
+        run = scoring_start(dataset=incoming.validated_data["dataset"], user=admin_user(request))
         return Response(self.get_serializer(run).data, status.HTTP_201_CREATED)

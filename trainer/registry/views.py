@@ -4,25 +4,30 @@ rejection threshold, and the way to each version's exports and report."""
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import FileResponse, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_POST
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST
 
 from classifier_site.permissions import admin_user
-from trainer.selectors import (
-    evaluation_of_job,
+from trainer.registry.exports import ExportRefused, model_export_request
+from trainer.registry.responses import export_file_response
+from trainer.registry.selectors import (
+    model_export_ready,
+    model_export_table,
     model_version_get,
     model_version_list,
     model_version_previous,
     promotion_history,
 )
-from trainer.services import (
+from trainer.registry.services import (
     PromotionRefused,
     model_version_promote,
     model_version_rollback,
     model_version_set_threshold,
     promotion_gate_reason,
 )
+from trainer.reports.selectors import evaluation_of_job
 
 
 @staff_member_required
@@ -84,3 +89,28 @@ def model_threshold_view(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         messages.success(request, f"Predictions below {threshold:.2f} now answer “unknown”.")
     return redirect("models:detail", pk=pk)
+
+
+@staff_member_required
+@require_http_methods(["GET", "POST"])
+def exports_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """GET: the export table (an htmx partial). POST `format`: ask for that export."""
+    version = model_version_get(user=request.user, pk=pk)
+    error = ""
+    if request.method == "POST":
+        try:
+            model_export_request(version=version, format=request.POST.get("format", ""))
+        except ExportRefused as exc:
+            error = str(exc)
+        if not request.headers.get("HX-Request"):  # a plain form: back to the model page
+            if error:
+                messages.error(request, error)
+            return redirect(reverse("models:detail", args=[pk]) + "#exports")
+    context = {"version": version, "exports": model_export_table(user=request.user, version=version), "error": error}
+    return render(request, "trainer/_model_exports.html", context, status=400 if error else 200)
+
+
+@staff_member_required
+def export_download_view(request: HttpRequest, pk: int, export_format: str) -> FileResponse:
+    version = model_version_get(user=request.user, pk=pk)
+    return export_file_response(model_export_ready(user=request.user, version=version, format=export_format))

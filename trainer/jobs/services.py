@@ -2,7 +2,6 @@
 job: every status change is a compare-and-set on the row, so a duplicate task
 delivery or a late cancel can never move a job backwards."""
 
-import contextlib
 import importlib.metadata
 import logging
 import platform
@@ -17,25 +16,25 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from celery import Task
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.core.files import File
-from django.core.files.storage import default_storage
-from django.db import DatabaseError, IntegrityError, OperationalError, connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
-from classifier_site.queueing import publish
+from classifier_site.errors import Refused
+from classifier_site.runs import Lifecycle, RunStatus, describe_error
 from datasets.models import Dataset, Split
 from datasets.selectors import dataset_snapshot
 from trainer.ml.config import ConfigError, TrainConfig
-from trainer.ml.files import sha256_file
-from trainer.models import JobStatus, ModelVersion, Promotion, TrainingJob
+from trainer.models import TrainingJob
+from trainer.registry.services import model_version_create
 
 logger = logging.getLogger(__name__)
 
 
-class TrainingRefused(Exception):
+class TrainingRefused(Refused):
     """The job cannot be started; the message tells the admin what to fix."""
 
 
@@ -83,38 +82,25 @@ def _event(message: str) -> dict[str, str]:
 
 
 def _enqueue(job: TrainingJob) -> None:
-    from trainer.tasks import train_job
-
-    if error := publish(train_job, job.pk):
-        _finish(job.pk, JobStatus.FAILED, error=error)
+    if not RUNS.publish(job.pk):
         job.refresh_from_db()
 
 
 def training_job_cancel(*, job: TrainingJob) -> TrainingJob:
     """A queued job is cancelled at once; a running one stops after its current epoch."""
     jobs = TrainingJob.objects.filter(pk=job.pk)
-    jobs.filter(status=JobStatus.RUNNING).update(cancel_requested=True)
-    jobs.filter(status=JobStatus.QUEUED).update(
-        status=JobStatus.CANCELLED, finished_at=timezone.now(), cancel_requested=True
+    jobs.filter(status=RunStatus.RUNNING).update(cancel_requested=True)
+    jobs.filter(status=RunStatus.QUEUED).update(
+        status=RunStatus.CANCELLED, finished_at=timezone.now(), cancel_requested=True
     )
     job.refresh_from_db()
     return job
 
 
 def _claim(job_id: int) -> int | None:
-    """Conditional UPDATE: only one worker ever moves a job from queued to running.
-    Returns the attempt number this worker now owns, or None."""
-    now = timezone.now()
-    claimed = TrainingJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
-        status=JobStatus.RUNNING,
-        started_at=now,
-        heartbeat_at=now,
-        host=socket.gethostname()[:200],
-        attempts=F("attempts") + 1,
-        step=0,
-        images_per_second=None,
-    )
-    if not claimed:
+    """Compare-and-set (runs.Lifecycle.claim): only one worker ever moves a job from
+    queued to running. Returns the attempt number this worker now owns, or None."""
+    if not RUNS.claim(job_id):
         return None
     job = TrainingJob.objects.only("attempts", "events").get(pk=job_id)
     _log(job_id, job.attempts, f"Attempt {job.attempts} started on {socket.gethostname()}.")
@@ -123,7 +109,7 @@ def _claim(job_id: int) -> int | None:
 
 def _running(job_id: int, attempt: int) -> QuerySet[TrainingJob]:
     """The job, only while this attempt still owns it."""
-    return TrainingJob.objects.filter(pk=job_id, status=JobStatus.RUNNING, attempts=attempt)
+    return TrainingJob.objects.filter(pk=job_id, status=RunStatus.RUNNING, attempts=attempt)
 
 
 def _log(job_id: int, attempt: int | None, message: str) -> None:
@@ -137,14 +123,28 @@ def _log(job_id: int, attempt: int | None, message: str) -> None:
 
 
 def _finish(job_id: int, status: str, attempt: int | None = None, **fields: Any) -> bool:
-    jobs = TrainingJob.objects.filter(pk=job_id, status__in=[JobStatus.QUEUED, JobStatus.RUNNING])
-    if attempt is not None:
-        jobs = jobs.filter(attempts=attempt)
-    finished = bool(jobs.update(status=status, finished_at=timezone.now(), **fields))
-    if finished:
-        _log(job_id, None, fields.get("error") or f"{JobStatus(status).label}.")
-        _remove_checkpoints(job_id)
-    return finished
+    """End the job, only while `attempt` (when given) still owns it."""
+    jobs = TrainingJob.objects.filter(pk=job_id)
+    return RUNS.finish(job_id, status, only=jobs if attempt is None else jobs.filter(attempts=attempt), **fields)
+
+
+def _finished(job_id: int, status: str, fields: dict[str, Any]) -> None:
+    _log(job_id, None, fields.get("error") or f"{RunStatus(status).label}.")
+    _remove_checkpoints(job_id)
+
+
+def _claim_fields() -> dict[str, Any]:
+    """A job's own columns in the claiming UPDATE: this host, the next attempt, a fresh step count."""
+    return {"host": socket.gethostname()[:200], "attempts": F("attempts") + 1, "step": 0, "images_per_second": None}
+
+
+def _task() -> Task:
+    from trainer.tasks import train_job
+
+    return train_job
+
+
+RUNS = Lifecycle(TrainingJob, _task, heartbeat=True, claim_fields=_claim_fields, on_finish=_finished)
 
 
 def training_job_run(*, job_id: int) -> None:
@@ -159,15 +159,13 @@ def training_job_run(*, job_id: int) -> None:
             _train(job, attempt)
         except Exception as exc:
             logger.exception("job %s failed", job_id)
-            _finish(job_id, JobStatus.FAILED, attempt, error=_describe(exc))
+            _finish(job_id, RunStatus.FAILED, attempt, error=_describe(exc))
 
 
 def _describe(exc: Exception) -> str:
     from trainer.ml.weights import WeightsMissing
 
-    if isinstance(exc, (WeightsMissing, ConfigError)):
-        return str(exc)  # already says what to do
-    return f"{type(exc).__name__}: {exc}"[:5000]
+    return describe_error(exc, WeightsMissing, ConfigError)  # those already say what to do
 
 
 def _train(job: TrainingJob, attempt: int) -> None:
@@ -189,7 +187,7 @@ def _train(job: TrainingJob, attempt: int) -> None:
         features = _features(job, data, config, backbone, reporter) if backbone else None
     except Stopped:
         if not reporter.lost:
-            _finish(job.pk, JobStatus.CANCELLED, attempt, error="Cancelled by a user.")
+            _finish(job.pk, RunStatus.CANCELLED, attempt, error="Cancelled by a user.")
         return
     with tempfile.TemporaryDirectory(prefix=f"job-{job.pk}-") as tmp:
         result = train(config, data, Path(tmp), reporter, checkpoint_dir=checkpoint_dir(job.pk), on_gpu=on_gpu,
@@ -198,7 +196,7 @@ def _train(job: TrainingJob, attempt: int) -> None:
             logger.warning("job %s: attempt %s no longer owns the job; result dropped", job.pk, attempt)
             return
         if result.stopped_early:
-            _finish(job.pk, JobStatus.CANCELLED, attempt, error="Cancelled by a user.")
+            _finish(job.pk, RunStatus.CANCELLED, attempt, error="Cancelled by a user.")
             return
         _log_transfer(job.pk, attempt, result.metrics)
         _record_success(job, attempt, config, data, result)
@@ -209,9 +207,9 @@ def _recipe(job: TrainingJob, attempt: int, requested: TrainConfig, *, on_gpu: b
     reason goes on the job. (A re-queued attempt finds the chosen config stored.)"""
     if requested.arch != "auto":
         return requested
+    from trainer.jobs.snapshots import snapshot_stats
     from trainer.ml import backbones
     from trainer.ml.recipe import choose
-    from trainer.snapshots import snapshot_stats
 
     recipe = choose(requested, snapshot_stats(job.snapshot), on_gpu=on_gpu, installed=backbones.installed())
     _running(job.pk, attempt).update(recipe=recipe.reason, config=recipe.config.to_dict())
@@ -230,7 +228,7 @@ def _backbone(config: TrainConfig) -> Any:
 
 
 def _features(job: TrainingJob, data: Any, config: TrainConfig, backbone: Any, reporter: "JobReporter") -> Any:
-    from trainer.snapshots import snapshot_features
+    from trainer.jobs.snapshots import snapshot_features
 
     features = snapshot_features(job.snapshot, data, backbone, image_size=config.image_size,
                                  views=config.feature_views, progress=partial(reporter.phase, "features"))  # fmt: skip
@@ -250,7 +248,7 @@ def _log_transfer(job_id: int, attempt: int, metrics: dict[str, Any]) -> None:
 
 def _record_success(job: TrainingJob, attempt: int, config: TrainConfig, data: Any, result: Any) -> None:
     """The model file, its evaluation report and the job's success, all or nothing."""
-    from trainer.evaluations import Predictions, evaluation_charts, evaluation_record
+    from trainer.reports.services import Predictions, evaluation_charts, evaluation_record
 
     if "transfer" in result.metrics:  # what scoring checks before it reuses this job's cached features
         result.metrics["transfer"]["backbone_key"] = _backbone_key(config)
@@ -270,27 +268,27 @@ def _record_success(job: TrainingJob, attempt: int, config: TrainConfig, data: A
             charts=charts,
         )
         epochs = len(result.history.get("loss", [])) or config.total_epochs  # early stopping may end sooner
-        _finish(job.pk, JobStatus.SUCCEEDED, attempt, progress=1.0, epoch=epochs, phase="")
+        _finish(job.pk, RunStatus.SUCCEEDED, attempt, progress=1.0, epoch=epochs, phase="")
 
 
 def _backbone_sha256(config: TrainConfig) -> str:
     if not config.is_pretrained:
         return ""
+    from trainer.jobs.snapshots import backbone_sha256
     from trainer.ml import backbones
-    from trainer.snapshots import backbone_sha256
 
     return backbone_sha256(backbones.get(config.arch))
 
 
 def _backbone_key(config: TrainConfig) -> str:
+    from trainer.jobs.snapshots import backbone_key
     from trainer.ml import backbones
-    from trainer.snapshots import backbone_key
 
     return backbone_key(backbones.get(config.arch))
 
 
 def _load_data(job: TrainingJob, image_size: int) -> Any:
-    from trainer.snapshots import snapshot_arrays
+    from trainer.jobs.snapshots import snapshot_arrays
 
     return snapshot_arrays(job.snapshot, image_size)
 
@@ -430,137 +428,19 @@ def training_jobs_reap(*, now: datetime | None = None) -> Reaped:
     now = now or timezone.now()
     stale_before = now - timedelta(seconds=settings.TRAIN_HEARTBEAT_TIMEOUT)
     reaped = Reaped([], [], [])
-    stale = TrainingJob.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=stale_before)
+    stale = TrainingJob.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=stale_before)
     for job in stale.only("pk", "attempts", "heartbeat_at", "cancel_requested", "host"):
         since = f"{job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
         silent = f"the worker on {job.host or 'an unknown host'} stopped responding (no heartbeat since {since})"
         if job.cancel_requested:
-            if _finish(job.pk, JobStatus.CANCELLED, job.attempts, error=f"Cancelled; {silent}."):
+            if _finish(job.pk, RunStatus.CANCELLED, job.attempts, error=f"Cancelled; {silent}."):
                 reaped.cancelled.append(job.pk)
         elif job.attempts >= settings.TRAIN_MAX_ATTEMPTS:
             error = f"Failed: {silent} on attempt {job.attempts} of {settings.TRAIN_MAX_ATTEMPTS}; not retrying."
-            if _finish(job.pk, JobStatus.FAILED, job.attempts, error=error):
+            if _finish(job.pk, RunStatus.FAILED, job.attempts, error=error):
                 reaped.failed.append(job.pk)
-        elif _running(job.pk, job.attempts).filter(heartbeat_at__lt=stale_before).update(status=JobStatus.QUEUED):
+        elif _running(job.pk, job.attempts).filter(heartbeat_at__lt=stale_before).update(status=RunStatus.QUEUED):
             _log(job.pk, job.attempts, f"Re-queued: {silent}.")
             reaped.requeued.append(job.pk)
             transaction.on_commit(partial(_enqueue, job))
     return reaped
-
-
-class PromotionRefused(Exception):
-    """The promotion gate said no; the message says why and how to force it."""
-
-
-def model_version_create(
-    *, job: TrainingJob, model_dir: Path, metrics: dict[str, Any], config: TrainConfig, backbone_sha256: str = ""
-) -> ModelVersion:
-    """Store a finished job's model file and record it; the row names its SHA-256.
-
-    The storage writes the file under a temporary name, fsyncs it and renames it
-    into place (classifier_site.storage), so the row only ever points at a whole
-    file. The first version of the site is promoted at once: a fresh install serves
-    its first model without a trip to the registry.
-    """
-    from trainer.ml.train import MODEL_FILE
-
-    path = model_dir / MODEL_FILE
-    sha = sha256_file(path)
-    with path.open("rb") as fh:
-        name = default_storage.save(f"models/job-{job.pk}/{sha[:16]}.keras", File(fh))
-    version = ModelVersion.objects.create(
-        job=job,
-        dataset=job.dataset,
-        file=name,
-        sha256=sha,
-        file_size=path.stat().st_size,
-        arch=config.arch,
-        image_size=config.image_size,
-        classes=job.snapshot["classes"],
-        snapshot_hash=job.snapshot_hash or str(job.snapshot.get("hash", "")),
-        backbone_sha256=backbone_sha256,
-        metrics=metrics,
-        rejection_threshold=float((metrics.get("rejection") or {}).get("threshold") or 0.0),
-    )
-    _promote_first(version.pk)
-    return version
-
-
-def _promote_first(version_id: int) -> None:
-    # In a savepoint: if another version got there first, the unique constraint
-    # refuses this one, it stays unpromoted, and the caller's transaction goes on.
-    with contextlib.suppress(IntegrityError), transaction.atomic():
-        if ModelVersion.objects.filter(is_promoted=True).exists():
-            return
-        ModelVersion.objects.filter(pk=version_id).update(is_promoted=True, promoted_at=timezone.now())
-        Promotion.objects.create(model_version_id=version_id)
-
-
-def promotion_gate_reason(*, version: ModelVersion) -> str | None:
-    """Why the gate refuses `version`, or None: its macro-F1 is below the promoted
-    version's on the same dataset. Versions of other datasets are not comparable."""
-    current = ModelVersion.objects.filter(is_promoted=True).exclude(pk=version.pk).first()
-    if current is None or current.dataset_id != version.dataset_id:
-        return None
-    new, old = version.macro_f1, current.macro_f1
-    if new is None or old is None or new >= old:
-        return None
-    return (
-        f"v{version.pk} has macro-F1 {new:.3f}, below the promoted v{current.pk} ({old:.3f}); "
-        "promote with force to override."
-    )
-
-
-def model_version_promote(
-    *, version: ModelVersion, user: User | None = None, force: bool = False, rollback: bool = False
-) -> ModelVersion:
-    """Make `version` the one served. The partial unique constraint keeps exactly one
-    promoted row; two promotions racing each other are retried, so the last to
-    commit wins and neither fails. With PROMOTION_GATE on, a version whose macro-F1
-    is below the promoted one's is refused unless forced."""
-    gated = settings.PROMOTION_GATE and not force and not rollback
-    if gated and (reason := promotion_gate_reason(version=version)):
-        raise PromotionRefused(reason)
-    for attempt in range(10):
-        try:
-            _set_promoted(version.pk, user=user, forced=force, rollback=rollback)
-            break
-        except (IntegrityError, OperationalError):  # a concurrent promotion committed in between
-            if attempt == 9:
-                raise
-            time.sleep(0.01 * (attempt + 1))
-    logger.info("%s model version %s", "rolled back to" if rollback else "promoted", version.pk)
-    version.refresh_from_db()
-    return version
-
-
-def _set_promoted(version_id: int, *, user: User | None, forced: bool, rollback: bool) -> None:
-    with transaction.atomic():
-        previous = ModelVersion.objects.filter(is_promoted=True).values_list("pk", flat=True).first()
-        if previous == version_id:
-            return
-        ModelVersion.objects.filter(is_promoted=True).update(is_promoted=False)
-        ModelVersion.objects.filter(pk=version_id).update(is_promoted=True, promoted_at=timezone.now())
-        Promotion.objects.create(
-            model_version_id=version_id, previous_id=previous, user=user, forced=forced, rollback=rollback
-        )
-
-
-def model_version_rollback(*, version: ModelVersion, user: User | None = None) -> ModelVersion:
-    """Serve again what served before `version` was last promoted forward. Rollbacks
-    are not followed, so rolling back twice goes two steps back, not forth."""
-    from trainer.selectors import model_version_previous
-
-    previous = model_version_previous(current=version)
-    if previous is None:
-        raise PromotionRefused(f"Nothing served before v{version.pk}: there is no version to roll back to.")
-    return model_version_promote(version=previous, user=user, rollback=True)
-
-
-def model_version_set_threshold(*, version: ModelVersion, threshold: float) -> ModelVersion:
-    """Change the confidence below which the version answers "unknown" (0 turns it off)."""
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError("The threshold is a probability, between 0 and 1.")
-    ModelVersion.objects.filter(pk=version.pk).update(rejection_threshold=threshold)
-    version.refresh_from_db()
-    return version

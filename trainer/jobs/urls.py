@@ -1,6 +1,6 @@
 from django.urls import path
 
-from trainer import views
+from trainer.jobs import views
 
 app_name = "trainer"
 urlpatterns = [

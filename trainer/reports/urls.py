@@ -1,6 +1,6 @@
 from django.urls import path
 
-from trainer import report_views as views
+from trainer.reports import views as views
 
 app_name = "reports"
 urlpatterns = [

@@ -5,10 +5,10 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from classification.models import ScoringRun
+from classification.scoring.services import ScoringRefused, scoring_run, scoring_start
 from datasets.selectors import dataset_find
 from trainer.management.follow import follow
-from trainer.models import ScoringRun
-from trainer.scoring import ScoringRefused, scoring_run, scoring_start
 
 
 class Command(BaseCommand):

@@ -2,46 +2,55 @@
 Image row keeps its suggestion (a class name of the model), confidence, margin and
 entropy, for the labelling workbench to sort, filter and review by.
 
-A run is a row (trainer.models.ScoringRun) queued here and claimed by a worker
+A run is a row (classification.models.ScoringRun) queued here and claimed by a worker
 with a conditional UPDATE, like exports. TensorFlow loads inside `scoring_run`
 only (a worker, the `score_dataset` command), never in web processes.
 """
 
 import logging
 from collections.abc import Callable
-from functools import partial
 
 import numpy as np
+from celery import Task
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, User
+from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.db.models import F, QuerySet
-from django.http import Http404
 from django.utils import timezone
 
-from classifier_site.permissions import is_admin
-from classifier_site.queueing import publish
+from classification.models import SCORING_STALE, ScoringRun
+from classifier_site.errors import Refused
+from classifier_site.runs import ACTIVE, Lifecycle, RunStatus, describe_error
 from datasets.imaging import ImageRejected, load_array
 from datasets.models import Dataset, Image
-from trainer.models import SCORING_STALE, ExportStatus, ModelVersion, ScoringRun
-from trainer.selectors import model_version_serving
+from trainer.models import ModelVersion
+from trainer.registry.files import NoModelAvailable, local_model_file
+from trainer.registry.selectors import model_version_serving
 
 logger = logging.getLogger(__name__)
 
 BATCH = 256  # images per model call, per bulk update and per progress step
-ACTIVE = (ExportStatus.QUEUED, ExportStatus.RUNNING)
 SUGGESTION_FIELDS = [
     "suggestion",
     "suggestion_confidence",
     "suggestion_margin",
     "suggestion_entropy",
-    "suggestion_model",
+    "suggestion_version",
 ]
 
 
-class ScoringRefused(ValueError):
+class ScoringRefused(Refused):
     """A run cannot start; the message says why, for people."""
+
+
+def _task() -> Task:
+    from classification.tasks import score_dataset
+
+    return score_dataset
+
+
+RUNS = Lifecycle(ScoringRun, _task, heartbeat=True)
 
 
 class _Lost(Exception):
@@ -49,24 +58,6 @@ class _Lost(Exception):
 
 
 # --- selectors --------------------------------------------------------------------------
-
-
-def scoring_latest(*, dataset: Dataset) -> ScoringRun | None:
-    """The dataset's newest run, whatever its status: what its suggestions came from, or are coming from."""
-    return _runs().filter(dataset=dataset).first()
-
-
-def scoring_run_list(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[ScoringRun]:
-    if not is_admin(user):
-        return ScoringRun.objects.none()
-    return _runs()
-
-
-def scoring_run_get(*, user: AbstractBaseUser | AnonymousUser, pk: int) -> ScoringRun:
-    try:
-        return scoring_run_list(user=user).get(pk=pk)
-    except ScoringRun.DoesNotExist:
-        raise Http404("No such scoring run.") from None
 
 
 def _runs() -> QuerySet[ScoringRun]:
@@ -85,8 +76,8 @@ def scoring_start(*, dataset: Dataset, user: User | None = None, enqueue: bool =
     _fail_stale(dataset)
     active = ScoringRun.objects.filter(dataset=dataset, status__in=ACTIVE).first()
     if active is not None:
-        if active.status == ExportStatus.QUEUED and enqueue:  # its message may be lost; a duplicate is harmless
-            transaction.on_commit(partial(_enqueue, active.pk))
+        if active.status == RunStatus.QUEUED and enqueue:  # its message may be lost; a duplicate is harmless
+            RUNS.publish_on_commit(active.pk)
         raise ScoringRefused(f"{dataset.name} is already being scored (run {active.pk} is {active.status}).")
     try:
         with transaction.atomic():  # the partial unique index settles two starts racing each other
@@ -94,47 +85,19 @@ def scoring_start(*, dataset: Dataset, user: User | None = None, enqueue: bool =
     except IntegrityError:
         raise ScoringRefused(f"{dataset.name} is already being scored.") from None
     if enqueue:
-        transaction.on_commit(partial(_enqueue, run.pk))
+        RUNS.publish_on_commit(run.pk)
     return run
 
 
 def _fail_stale(dataset: Dataset) -> None:
     """A running run whose worker died must not block the next one."""
-    stale = ScoringRun.objects.filter(
-        dataset=dataset, status=ExportStatus.RUNNING, heartbeat_at__lt=timezone.now() - SCORING_STALE
-    )
-    minutes = int(SCORING_STALE.total_seconds() // 60)
-    error = f"The worker stopped: no progress for over {minutes} minutes."
-    stale.update(status=ExportStatus.FAILED, error=error, finished_at=timezone.now())
-
-
-def _enqueue(run_id: int) -> None:
-    from trainer.tasks import score_dataset
-
-    if error := publish(score_dataset, run_id):
-        _finish(run_id, ExportStatus.FAILED, error=error)
-
-
-def _claim(run_id: int) -> bool:
-    """Conditional UPDATE: only one worker ever moves a run from queued to running."""
-    now = timezone.now()
-    queued = ScoringRun.objects.filter(pk=run_id, status=ExportStatus.QUEUED)
-    return bool(queued.update(status=ExportStatus.RUNNING, started_at=now, heartbeat_at=now))
-
-
-def _running(run_id: int) -> QuerySet[ScoringRun]:
-    return ScoringRun.objects.filter(pk=run_id, status=ExportStatus.RUNNING)
-
-
-def _finish(run_id: int, status: ExportStatus, **fields: object) -> bool:
-    runs = ScoringRun.objects.filter(pk=run_id, status__in=ACTIVE)
-    return bool(runs.update(status=status, finished_at=timezone.now(), **fields))
+    RUNS.fail_stale(ScoringRun.objects.filter(dataset=dataset), after=SCORING_STALE)
 
 
 def scoring_run(*, run_id: int) -> ScoringRun | None:
     """Score every image of a queued run's dataset (the Celery task and the command
     call this). None when the row is gone (its dataset or model was deleted)."""
-    if not _claim(run_id):
+    if not RUNS.claim(run_id):
         logger.info("scoring run %s is not queued; nothing to do (duplicate delivery?)", run_id)
         return _runs().filter(pk=run_id).first()
     run = _runs().get(pk=run_id)
@@ -144,15 +107,14 @@ def scoring_run(*, run_id: int) -> ScoringRun | None:
         logger.warning("scoring run %s was deleted or failed meanwhile; stopped", run_id)
     except Exception as exc:
         logger.exception("scoring run %s failed", run_id)
-        _finish(run_id, ExportStatus.FAILED, error=_describe(exc))
+        RUNS.finish(run_id, RunStatus.FAILED, error=describe_error(exc, NoModelAvailable))
     else:
-        _finish(run_id, ExportStatus.SUCCEEDED)
+        RUNS.finish(run_id, RunStatus.SUCCEEDED)
     return _runs().filter(pk=run_id).first()
 
 
 def _score(run: ScoringRun) -> None:
-    from classification.predictor import local_model_file
-    from trainer.ml.scoring import compiled_predict
+    from trainer.ml.inference import compiled_predict
 
     version = run.model_version
     predict = compiled_predict(local_model_file(version))
@@ -161,7 +123,7 @@ def _score(run: ScoringRun) -> None:
     images = Image.objects.filter(dataset_id=run.dataset_id).order_by("pk").only("pk", "file")
     last = images.values_list("pk", flat=True).last() or 0
     images = images.filter(pk__lte=last)
-    _running(run.pk).update(total=images.count(), heartbeat_at=timezone.now())
+    RUNS.running(run.pk).update(total=images.count(), heartbeat_at=timezone.now())
     after = 0
     while batch := list(images.filter(pk__gt=after)[:BATCH]):
         _score_batch(run, batch, predict)
@@ -172,7 +134,7 @@ def _score(run: ScoringRun) -> None:
 def _score_batch(run: ScoringRun, batch: list[Image], predict: Callable[[np.ndarray], np.ndarray]) -> None:
     """One model call for the readable images of `batch`, one bulk update for all of
     them: an unreadable image loses any older suggestion rather than keep a stale one."""
-    from trainer.ml.scoring import scores
+    from trainer.ml.inference import scores
 
     version = run.model_version
     cached = predict if isinstance(predict, _CachedPredict) else None
@@ -186,7 +148,7 @@ def _score_batch(run: ScoringRun, batch: list[Image], predict: Callable[[np.ndar
             readable.append(image)
             arrays.append(array)
     for image in batch:
-        image.suggestion, image.suggestion_model = "", None
+        image.suggestion, image.suggestion_version = "", None
         image.suggestion_confidence = image.suggestion_margin = image.suggestion_entropy = None
     probabilities = [cached.images([i.pk for i in reused])] if cached and reused else []
     if readable:
@@ -199,10 +161,10 @@ def _score_batch(run: ScoringRun, batch: list[Image], predict: Callable[[np.ndar
             image.suggestion_confidence = float(found.confidence[row])
             image.suggestion_margin = float(found.margin[row])
             image.suggestion_entropy = float(found.entropy[row])
-            image.suggestion_model = version
+            image.suggestion_version = version.pk
     with transaction.atomic():
         progress = {"processed": F("processed") + len(batch), "skipped": F("skipped") + len(batch) - len(readable)}
-        if not _running(run.pk).update(heartbeat_at=timezone.now(), **progress):
+        if not RUNS.running(run.pk).update(heartbeat_at=timezone.now(), **progress):
             raise _Lost
         Image.objects.bulk_update(batch, SUGGESTION_FIELDS)
 
@@ -229,10 +191,9 @@ def _with_cached_features(
     version: ModelVersion, predict: Callable[[np.ndarray], np.ndarray]
 ) -> Callable[[np.ndarray], np.ndarray]:
     """A frozen-head transfer model whose job's features are still cached scores from them."""
-    from classification.predictor import local_model_file
+    from trainer.jobs.snapshots import backbone_key, cached_features
     from trainer.ml import backbones
-    from trainer.ml.scoring import compiled_head
-    from trainer.snapshots import backbone_key, cached_features
+    from trainer.ml.inference import compiled_head
 
     transfer = version.metrics.get("transfer") or {}
     if transfer.get("kept") != "frozen head" or not transfer.get("backbone_key"):
@@ -257,11 +218,3 @@ def _pixels(image: Image, size: int) -> np.ndarray | None:
     except (OSError, ImageRejected) as exc:
         logger.warning("scoring: skipping image %s (%s): %s", image.pk, image.file.name, exc)
         return None
-
-
-def _describe(exc: Exception) -> str:
-    from classification.predictor import NoModelAvailable
-
-    if isinstance(exc, NoModelAvailable):
-        return str(exc)  # already in words for the user
-    return f"{type(exc).__name__}: {exc}"[:2000]

@@ -1,6 +1,6 @@
 """Scoring pages (admins): start a run of the promoted model over a dataset, and the
-run's status partial that htmx polls while it runs. The partial
-(templates/trainer/_scoring_status.html) is included where suggestions are shown."""
+status partial (templates/classification/_scoring_status.html) that pages showing
+suggestions fetch: the dataset's panel once, then one run's status every 2 s while it runs."""
 
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
@@ -9,10 +9,11 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from classification.scoring.selectors import scoring_latest, scoring_run_get
+from classification.scoring.services import ScoringRefused, scoring_start
 from classifier_site.permissions import admin_user
 from classifier_site.redirects import local_url_or
 from datasets.selectors import dataset_get
-from trainer.scoring import ScoringRefused, scoring_run_get, scoring_start
 
 
 @staff_member_required
@@ -38,10 +39,23 @@ def scoring_status_view(request: HttpRequest, pk: int) -> HttpResponse:
         "dataset": run.dataset,
         "scoring_next": _back(request, request.GET.get("next", ""), run.dataset_id),
     }
-    response = render(request, "trainer/_scoring_status.html", context)
+    response = render(request, "classification/_scoring_status.html", context)
     if run.is_finished:
         response["HX-Trigger"] = "scoring-finished"  # pages showing suggestions may reload them
     return response
+
+
+@staff_member_required
+@require_GET
+def scoring_panel_view(request: HttpRequest, dataset_pk: int) -> HttpResponse:
+    """A dataset's latest run (or none yet) and the button to score it again."""
+    dataset = dataset_get(user=request.user, pk=dataset_pk)
+    context = {
+        "scoring": scoring_latest(dataset=dataset),
+        "dataset": dataset,
+        "scoring_next": _back(request, request.GET.get("next", ""), dataset.pk),
+    }
+    return render(request, "classification/_scoring_status.html", context)
 
 
 def _back(request: HttpRequest, target: str, dataset_pk: int) -> str:

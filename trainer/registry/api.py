@@ -1,6 +1,4 @@
-"""Model exports in the API (admins): /api/v1/models/{id}/exports/ lists and asks
-for them, /api/v1/models/{id}/exports/{format}/download/ downloads one. A mixin of
-trainer.api.ModelVersionViewSet, whose permissions and get_object() it uses."""
+"""Jobs, model versions and evaluations API (admins): /api/v1/jobs/, /api/v1/models/, /api/v1/evaluations/."""
 
 from collections.abc import Callable
 
@@ -8,15 +6,21 @@ from django.http.response import HttpResponseBase
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import serializers, status
+from rest_framework import permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from trainer.export_views import export_file_response
-from trainer.exports import FORMAT_PATTERN, ExportRefused, model_export_request
-from trainer.models import ExportFormat, ExportStatus, ModelExport, ModelVersion
-from trainer.selectors import model_export_list, model_export_ready
+from classifier_site.runs import RunStatus
+from trainer.models import ExportFormat, ModelExport, ModelVersion
+from trainer.registry.exports import FORMAT_PATTERN, model_export_request
+from trainer.registry.responses import export_file_response
+from trainer.registry.selectors import model_export_list, model_export_ready, model_version_list
+from trainer.registry.services import (
+    model_version_promote,
+    model_version_rollback,
+    model_version_set_threshold,
+)
 
 
 class ModelExportSerializer(serializers.ModelSerializer):
@@ -29,7 +33,7 @@ class ModelExportSerializer(serializers.ModelSerializer):
 
     def get_download_url(self, export: ModelExport) -> str | None:
         """Absolute URL of the file once the export succeeded, else null."""
-        if export.status != ExportStatus.SUCCEEDED:
+        if export.status != RunStatus.SUCCEEDED:
             return None
         path = reverse("model-export-download", args=[export.model_version_id, export.format])
         return self.context["request"].build_absolute_uri(path)
@@ -67,10 +71,7 @@ class ModelExportActions:
             return Response(ModelExportSerializer(exports, many=True, context={"request": request}).data)
         incoming = ModelExportRequestSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
-        try:
-            export = model_export_request(version=version, format=incoming.validated_data["format"])
-        except ExportRefused as exc:
-            return Response({"detail": str(exc)}, status.HTTP_400_BAD_REQUEST)
+        export = model_export_request(version=version, format=incoming.validated_data["format"])
         return Response(ModelExportSerializer(export, context={"request": request}).data, status.HTTP_202_ACCEPTED)
 
     @extend_schema(
@@ -91,3 +92,60 @@ class ModelExportActions:
         """The export's file, as an attachment named `model-v{id}.{ext}`."""
         export = model_export_ready(user=request.user, version=self.get_object(), format=export_format)
         return export_file_response(export)
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    macro_f1 = serializers.FloatField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "name", "job", "dataset", "arch", "image_size", "classes", "metrics", "macro_f1", "sha256",
+                  "file_size", "snapshot_hash", "rejection_threshold", "is_promoted", "promoted_at",
+                  "created_at"]  # fmt: skip
+        read_only_fields = fields
+
+
+class PromoteSerializer(serializers.Serializer):
+    force = serializers.BooleanField(default=False, help_text="Promote even if the macro-F1 gate refuses.")
+
+
+class ThresholdSerializer(serializers.Serializer):
+    rejection_threshold = serializers.FloatField(
+        min_value=0.0, max_value=1.0, help_text='Top probability below which predictions answer "unknown"; 0: never.'
+    )
+
+
+class ModelVersionViewSet(ModelExportActions, viewsets.ReadOnlyModelViewSet):
+    serializer_class = ModelVersionSerializer
+    permission_classes = [permissions.IsAdminUser]
+    filterset_fields = ["dataset", "is_promoted"]
+
+    def get_queryset(self):  # type: ignore[no-untyped-def]
+        return model_version_list(user=self.request.user)
+
+    @extend_schema(request=PromoteSerializer, responses={200: ModelVersionSerializer, 409: None})
+    @action(detail=True, methods=["post"])
+    def promote(self, request: Request, pk: str | None = None) -> Response:
+        incoming = PromoteSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        version = model_version_promote(
+            version=self.get_object(), user=request.user, force=incoming.validated_data["force"]
+        )
+        return Response(self.get_serializer(version).data)
+
+    @extend_schema(request=None, responses={200: ModelVersionSerializer, 409: None})
+    @action(detail=True, methods=["post"])
+    def rollback(self, request: Request, pk: str | None = None) -> Response:
+        """Serve again the version that served before this one was promoted."""
+        version = model_version_rollback(version=self.get_object(), user=request.user)
+        return Response(self.get_serializer(version).data)
+
+    @extend_schema(request=ThresholdSerializer, responses={200: ModelVersionSerializer})
+    @action(detail=True, methods=["post"])
+    def threshold(self, request: Request, pk: str | None = None) -> Response:
+        incoming = ThresholdSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        version = model_version_set_threshold(
+            version=self.get_object(), threshold=incoming.validated_data["rejection_threshold"]
+        )
+        return Response(self.get_serializer(version).data)

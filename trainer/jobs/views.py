@@ -9,12 +9,13 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
 from classifier_site.permissions import admin_user
+from classifier_site.runs import RunStatus
 from datasets.selectors import dataset_list
-from trainer.forms import TrainingJobForm
+from trainer.jobs.forms import TrainingJobForm
+from trainer.jobs.selectors import job_get, job_list_filtered
+from trainer.jobs.services import TrainingRefused, training_job_cancel, training_job_repeat, training_job_start
 from trainer.ml.config import ARCHITECTURES
-from trainer.models import JobStatus
-from trainer.selectors import evaluation_of_job, job_get, job_list_filtered
-from trainer.services import TrainingRefused, training_job_cancel, training_job_repeat, training_job_start
+from trainer.reports.selectors import evaluation_of_job
 
 
 @staff_member_required
@@ -28,7 +29,7 @@ def job_list_view(request: HttpRequest) -> HttpResponse:
         "filters": filters,
         "query": query,
         "datasets": dataset_list(user=request.user),
-        "statuses": JobStatus.choices,
+        "statuses": RunStatus.choices,
         "architectures": ARCHITECTURES,
     }
     return render(request, "trainer/job_list.html", context)
@@ -60,7 +61,7 @@ def job_detail_view(request: HttpRequest, pk: int) -> HttpResponse:
 def job_progress_view(request: HttpRequest, pk: int) -> HttpResponse:
     """The live part of the job page; htmx polls it until the job finishes."""
     job = job_get(user=request.user, pk=pk)
-    evaluation = evaluation_of_job(user=request.user, job=job) if job.status == JobStatus.SUCCEEDED else None
+    evaluation = evaluation_of_job(user=request.user, job=job) if job.status == RunStatus.SUCCEEDED else None
     return render(request, "trainer/_job_progress.html", {"job": job, "evaluation": evaluation})
 
 

@@ -71,7 +71,7 @@ def evaluation_record(
 
 def evaluation_charts(metrics: dict, classes: list[str], *, prefix: str) -> dict[str, str]:
     """Draw and store the report's PNGs; their file names by Evaluation field."""
-    from trainer.charts import confusion_heatmap, reliability_diagram
+    from trainer.reports.charts import confusion_heatmap, reliability_diagram
 
     if not metrics.get("count"):
         return {}
@@ -128,10 +128,10 @@ def evaluation_run(*, version: ModelVersion, dataset: Dataset, batch_size: int =
     import keras
 
     import trainer.ml.layers  # noqa: F401  registers the custom layers saved in model files
-    from classification.predictor import local_model_file
+    from trainer.jobs.snapshots import snapshot_arrays
     from trainer.ml.metrics import report
     from trainer.ml.train import predict
-    from trainer.snapshots import snapshot_arrays
+    from trainer.registry.files import local_model_file
 
     snapshot, unknown = _test_snapshot(version, dataset)
     data = snapshot_arrays(snapshot, version.image_size)

@@ -1,12 +1,10 @@
 """Evaluation report pages: the report, a confusion-matrix cell's images, the
 downloads, relabelling from the report, and comparing jobs."""
 
-import csv
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
-from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
@@ -17,23 +15,19 @@ from classifier_site.redirects import local_url_or
 from datasets.labelling import image_label_set
 from datasets.models import ChangeSource
 from datasets.services import image_queue_for_review
+from trainer.jobs.selectors import job_list
 from trainer.models import Evaluation, Prediction
-from trainer.reports import class_rows, compare_jobs, confusion_rows, summary_rows
-from trainer.selectors import (
+from trainer.reports.responses import chart_response, predictions_csv_response, report_document
+from trainer.reports.selectors import (
     evaluation_get,
-    job_list,
     prediction_cell,
     prediction_examples,
     prediction_get,
     prediction_mistakes,
 )
+from trainer.reports.tables import class_rows, compare_jobs, confusion_rows, summary_rows
 
 CELL_PAGE_SIZE = 48
-CHARTS = {
-    "confusion": "confusion_png",
-    "confusion-normalized": "confusion_normalized_png",
-    "reliability": "reliability_png",
-}
 
 
 @staff_member_required
@@ -81,16 +75,6 @@ def chart_view(request: HttpRequest, pk: int, name: str) -> FileResponse:
     return chart_response(evaluation_get(user=request.user, pk=pk), name)
 
 
-def chart_response(evaluation: Evaluation, name: str) -> FileResponse:
-    field = CHARTS.get(name)
-    stored = getattr(evaluation, field).name if field else ""
-    if not stored:
-        raise Http404("No such chart.")
-    response = FileResponse(default_storage.open(stored), content_type="image/png")
-    response["Cache-Control"] = "private, max-age=86400"  # a report's pictures never change
-    return response
-
-
 @staff_member_required
 def report_json_view(request: HttpRequest, pk: int) -> JsonResponse:
     evaluation = evaluation_get(user=request.user, pk=pk)
@@ -99,56 +83,9 @@ def report_json_view(request: HttpRequest, pk: int) -> JsonResponse:
     return response
 
 
-def report_document(evaluation: Evaluation) -> dict[str, Any]:
-    """The downloadable report: what it is of, and every metric."""
-    version = evaluation.model_version
-    return {
-        "evaluation": evaluation.pk,
-        "model_version": version.pk,
-        "job": version.job_id,
-        "dataset": evaluation.dataset.name,
-        "split": evaluation.split,
-        "created_at": evaluation.created_at.isoformat(),
-        "classes": evaluation.classes,
-        "metrics": evaluation.metrics,
-    }
-
-
-class _Echo:
-    def write(self, value: str) -> str:
-        return value
-
-
 @staff_member_required
 def predictions_csv_view(request: HttpRequest, pk: int) -> StreamingHttpResponse:
     return predictions_csv_response(evaluation_get(user=request.user, pk=pk))
-
-
-def predictions_csv_response(evaluation: Evaluation) -> StreamingHttpResponse:
-    """Every evaluated image with its true and predicted class and all probabilities, streamed."""
-    writer = csv.writer(_Echo())
-    header = ["image_id", "file_name", "true_class", "predicted_class", "correct", "confidence"]
-    header += [f"p_{name}" for name in evaluation.classes]
-
-    def rows() -> Any:
-        yield writer.writerow(header)
-        predictions = evaluation.predictions.select_related("image").order_by("id")
-        for p in predictions.iterator(chunk_size=2000):
-            yield writer.writerow(
-                [
-                    p.image_id or "",
-                    p.image.original_name if p.image else "",
-                    evaluation.classes[p.true_index],
-                    evaluation.classes[p.predicted_index],
-                    int(p.is_correct),
-                    f"{p.confidence:.5f}",
-                    *(f"{value:.5f}" for value in p.probabilities),
-                ]
-            )
-
-    response = StreamingHttpResponse(rows(), content_type="text/csv")
-    response["Content-Disposition"] = f'attachment; filename="evaluation-{evaluation.pk}-predictions.csv"'
-    return response
 
 
 @staff_member_required

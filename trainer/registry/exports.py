@@ -9,18 +9,20 @@ with a conditional UPDATE, so a duplicate task delivery converts nothing twice.
 import logging
 import tempfile
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
+from celery import Task
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from classifier_site.queueing import publish
+from classifier_site.errors import Refused
+from classifier_site.runs import Lifecycle, RunStatus, describe_error
 from trainer.ml.files import sha256_file
-from trainer.models import ExportFormat, ExportStatus, ModelExport, ModelVersion
+from trainer.models import ExportFormat, ModelExport, ModelVersion
+from trainer.registry.files import NoModelAvailable, local_model_file
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +37,17 @@ SUFFIXES = {
 FORMAT_PATTERN = f"(?:{'|'.join(ExportFormat.values)})"
 
 
-class ExportRefused(Exception):
+class ExportRefused(Refused):
     """The export cannot be asked for; the message says why."""
+
+
+def _task() -> Task:
+    from trainer.tasks import export_model
+
+    return export_model
+
+
+RUNS = Lifecycle(ModelExport, _task)
 
 
 @dataclass(frozen=True)
@@ -70,15 +81,15 @@ def model_export_request(*, version: ModelVersion, format: str) -> ModelExport:
         if fmt == ExportFormat.KERAS:
             _keras_ready(export, version)
         elif created or _requeue(export):
-            transaction.on_commit(partial(_enqueue, export.pk))
+            RUNS.publish_on_commit(export.pk)
     export.refresh_from_db()
     return export
 
 
 def _keras_ready(export: ModelExport, version: ModelVersion) -> None:
     """No conversion: the export row points at the version's verified file."""
-    ModelExport.objects.filter(pk=export.pk).exclude(status=ExportStatus.SUCCEEDED).update(
-        status=ExportStatus.SUCCEEDED,
+    ModelExport.objects.filter(pk=export.pk).exclude(status=RunStatus.SUCCEEDED).update(
+        status=RunStatus.SUCCEEDED,
         file=str(version.file.name),
         sha256=version.sha256,
         file_size=version.file_size or _stored_size(str(version.file.name)),
@@ -99,40 +110,22 @@ def _requeue(export: ModelExport) -> bool:
     """A failed export is tried again, and so is one whose worker died; a queued one
     is sent again (its message may be lost, and a duplicate is harmless). Running or
     done: nothing to do."""
-    if export.status == ExportStatus.QUEUED:
+    if export.status == RunStatus.QUEUED:
         return True
-    retry = Q(status=ExportStatus.FAILED)
+    retry = Q(status=RunStatus.FAILED)
     if export.is_stale:  # its worker died mid-conversion
-        retry |= Q(status=ExportStatus.RUNNING, started_at=export.started_at)
+        retry |= Q(status=RunStatus.RUNNING, started_at=export.started_at)
     return bool(
         ModelExport.objects.filter(retry, pk=export.pk).update(
-            status=ExportStatus.QUEUED, error="", started_at=None, finished_at=None
+            status=RunStatus.QUEUED, error="", started_at=None, finished_at=None
         )
     )
-
-
-def _enqueue(export_id: int) -> None:
-    from trainer.tasks import export_model
-
-    if error := publish(export_model, export_id):
-        _finish(export_id, ExportStatus.FAILED, error=error)
-
-
-def _claim(export_id: int) -> bool:
-    """Conditional UPDATE: only one worker ever moves an export from queued to running."""
-    queued = ModelExport.objects.filter(pk=export_id, status=ExportStatus.QUEUED)
-    return bool(queued.update(status=ExportStatus.RUNNING, started_at=timezone.now()))
-
-
-def _finish(export_id: int, status: ExportStatus, **fields: object) -> bool:
-    exports = ModelExport.objects.filter(pk=export_id, status__in=[ExportStatus.QUEUED, ExportStatus.RUNNING])
-    return bool(exports.update(status=status, finished_at=timezone.now(), **fields))
 
 
 def model_export_run(*, export_id: int) -> ModelExport | None:
     """Convert and store a queued export (called by the Celery task in a worker).
     None when the row is gone (its version was deleted)."""
-    if not _claim(export_id):
+    if not RUNS.claim(export_id):
         logger.info("export %s is not queued; nothing to do (duplicate delivery?)", export_id)
         return ModelExport.objects.filter(pk=export_id).first()
     export = ModelExport.objects.select_related("model_version").get(pk=export_id)
@@ -141,9 +134,9 @@ def model_export_run(*, export_id: int) -> ModelExport | None:
         name, written = _convert_and_store(export)
     except Exception as exc:
         logger.exception("export %s failed", export_id)
-        _finish(export_id, ExportStatus.FAILED, error=_describe(exc))
+        RUNS.finish(export_id, RunStatus.FAILED, error=_describe(exc))
     else:
-        _finish(export_id, ExportStatus.SUCCEEDED, file=name, sha256=written.sha256, file_size=written.size, error="")
+        RUNS.finish(export_id, RunStatus.SUCCEEDED, file=name, sha256=written.sha256, file_size=written.size, error="")
         logger.info("export %s (%s of version %s): %s bytes", export_id, export.format, version_id, written.size)
     export.refresh_from_db()
     return export
@@ -163,7 +156,6 @@ def _convert_and_store(export: ModelExport) -> tuple[str, ExportedFile]:
 def model_export_write(*, version: ModelVersion, format: str, output: Path) -> ExportedFile:
     """Write the version in `format` to the local file `output`, here and now
     (the `export_model` command; a worker). Loads TensorFlow."""
-    from classification.predictor import local_model_file
     from trainer.ml.export import export_file
 
     fmt = export_format(format)
@@ -172,9 +164,6 @@ def model_export_write(*, version: ModelVersion, format: str, output: Path) -> E
 
 
 def _describe(exc: Exception) -> str:
-    from classification.predictor import NoModelAvailable
     from trainer.ml.export import ExportError
 
-    if isinstance(exc, (NoModelAvailable, ExportError, ExportRefused)):
-        return str(exc)  # already in words for the user
-    return f"{type(exc).__name__}: {exc}"[:2000]
+    return describe_error(exc, NoModelAvailable, ExportError)

@@ -1,0 +1,64 @@
+"""Serving's own tables: scoring runs (the promoted model's suggestions for a dataset)."""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from classifier_site.runs import FINISHED, RunStatus, is_stale
+from datasets.models import Dataset
+from trainer.models import ModelVersion
+
+# A batch of images takes seconds; a run whose row has not moved for this long lost its worker.
+SCORING_STALE = timedelta(minutes=10)
+
+
+class ScoringRun(models.Model):
+    """The promoted model scoring every image of a dataset: the suggestion, its
+    confidence, margin and entropy on each Image row (classification.scoring.services)."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="scoring_runs")
+    # The version promoted when the run was asked for; a promotion meanwhile does not change it.
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="scoring_runs")
+    # Queued, running, succeeded, failed: the same life as an export's.
+    status = models.CharField(max_length=10, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    processed = models.PositiveIntegerField(default=0)  # images done, skipped ones included
+    total = models.PositiveIntegerField(null=True, blank=True)  # known once a worker starts
+    skipped = models.PositiveIntegerField(default=0)  # files missing or unreadable
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)  # stamped with every batch
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "trainer_scoringrun"  # created by trainer's migrations, before scoring moved to serving
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # Two runs of one dataset at once would only race each other's writes.
+            models.UniqueConstraint(
+                fields=["dataset"],
+                condition=Q(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]),
+                name="one_active_scoring_run_per_dataset",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Scoring run {self.pk} of dataset {self.dataset_id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def progress(self) -> float | None:
+        if self.status == RunStatus.SUCCEEDED:
+            return 1.0
+        return min(self.processed / self.total, 1.0) if self.total else None
+
+    @property
+    def is_stale(self) -> bool:
+        """Running, but no batch for longer than any takes: its worker died. Another run may start."""
+        return is_stale(status=self.status, last_sign_of_life=self.heartbeat_at or self.started_at, after=SCORING_STALE)
