@@ -9,6 +9,9 @@ export PORT ?= 8000
 # PostgreSQL for the second test pass (.ci/run starts the server when it is down).
 TEST_POSTGRES_URL ?= postgres://postgres@127.0.0.1:5432/classifier_site
 PYTEST_ARGS ?=
+# Both passes run in parallel (pytest-xdist, one process per core); the worker, browser and
+# live-server tests form one group that a single process runs in turn (tests/conftest.py).
+PYTEST_PARALLEL ?= -n auto --dist loadgroup
 
 .PHONY: install install-dev run web worker migrate test test-sqlite test-postgres lint format clean
 
@@ -44,14 +47,14 @@ lint: install-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy classifier_site datasets trainer classification
 
-# The whole suite on the embedded default (SQLite), then on PostgreSQL; Celery
-# integration tests run a real worker against Redis on loopback in both.
+# The whole suite on the embedded default (SQLite); then, on PostgreSQL, what rests on
+# the database engine (locks, races, constraints, migrations) and a smoke of every app.
 test-sqlite: install-dev
-	env -u DATABASE_URL CONN_MAX_AGE=0 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	env -u DATABASE_URL CONN_MAX_AGE=0 $(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-postgres: install-dev
 	# No persistent connections: the live-server threads would keep the test database open.
-	DATABASE_URL=$(TEST_POSTGRES_URL) CONN_MAX_AGE=0 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	DATABASE_URL=$(TEST_POSTGRES_URL) CONN_MAX_AGE=0 $(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "database or smoke" $(PYTEST_ARGS)
 
 format: install-dev
 	$(BIN)/ruff format .

@@ -20,6 +20,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 from django.db.models import F, QuerySet
 
+from classifier_site import errors
 from datasets.imaging import decode_image
 from datasets.models import ChangeSource, Dataset, Image, Label, LabelChange
 from datasets.services import clean_label_name, images_add, label_get_or_create
@@ -64,7 +65,9 @@ class Conflict:
         return f"image {self.image_id} was changed to {self.label or 'unlabelled'}{who}{when}"
 
 
-class LabelConflict(Exception):
+class LabelConflict(errors.Conflict):
+    """A 409 that also lists each stale image (the API answers them as `conflicts`)."""
+
     def __init__(
         self, conflicts: list[Conflict], what: str = "Not saved", rest: str = "Nothing in this change was applied."
     ) -> None:

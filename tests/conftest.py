@@ -27,14 +27,69 @@ from trainer.models import Evaluation, ModelVersion
 from trainer.reports.services import Predictions, evaluation_record
 
 ROOT = Path(__file__).resolve().parent.parent
+# pytest-xdist runs tests in several processes (gw0, gw1, ...): each gets its own
+# broker database, cache folder and (pytest-django's suffix) test database, so a
+# worker started by one never takes another's messages or rows.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+_XDIST_INDEX = int(XDIST_WORKER[2:] or 0) if XDIST_WORKER.startswith("gw") else 0
 # Tests publish to, and workers consume from, a Redis database of their own.
-TEST_BROKER_URL = os.environ.get("TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
+TEST_BROKER_URL = os.environ.get("TEST_BROKER_URL", f"redis://127.0.0.1:6379/{15 - _XDIST_INDEX % 8}")
+# The worker, beat, browser and live-server tests share processes and ports: one xdist worker runs them in turn.
+SERIAL_FIXTURES = {"celery_worker_process", "celery_worker_with_beat", "live_server", "browser_page"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     from classifier_site.folders import ensure_folders
 
     ensure_folders()  # the test database's default place is VAR_DIR; importing settings creates nothing
+    # A cache of this test process's own (throttle counts and import progress are keyed by
+    # row ids, which every xdist worker's database reuses); child processes inherit it.
+    folder = Path(settings.VAR_DIR) / f"test-cache-{XDIST_WORKER or 'main'}"
+    os.environ["CACHE_URL"] = f"filecache://{folder}"
+    settings.CACHES["default"].update(
+        BACKEND="django.core.cache.backends.filebased.FileBasedCache", LOCATION=str(folder)
+    )
+    # Test users' passwords need no strength: PBKDF2 costs 0.25 s a user, MD5 nothing (PBKDF2 still
+    # verifies what child processes, which keep the real settings, hash).
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", *settings.PASSWORD_HASHERS]
+
+
+# What the PostgreSQL pass runs (`-m "database or smoke"`): behaviour that rests on the
+# database engine (row locks, races, constraints, compare-and-set updates, the raw
+# INSERT, migrations, query counts), plus a smoke of every app. The SQLite pass runs all.
+DATABASE_DEPENDENT = {
+    "tests/test_import.py": "the importer's raw multi-row INSERT, its unique constraint and rollback",
+    "tests/test_labelling.py": "row locks, optimistic locking, concurrent changes and deadlocks",
+    "tests/test_migrations.py": "migrations, forwards from the previous release",
+    "tests/test_settings.py::test_migrations_are_complete": "migrations",
+    "tests/test_serving.py::test_concurrent_promotions_leave_exactly_one_promoted": "a partial unique index, raced",
+    "tests/test_serving.py::test_rollback_walks_back_through_the_promotions": "promotion history",
+    "tests/test_serving.py::test_the_gate_refuses_a_worse_version_unless_forced": "promotion",
+    "tests/test_training.py::test_duplicate_delivery_does_nothing": "compare-and-set claim",
+    "tests/test_training.py::test_cancel_": "compare-and-set status changes",
+    "tests/test_training.py::test_reaper_": "the reaper's conditional updates",
+    "tests/test_training.py::test_heartbeat_thread": "a second connection from a thread",
+    "tests/test_export.py::test_requests_are_idempotent_and_a_duplicate_delivery_converts_nothing": "get_or_create",
+    "tests/test_export.py::test_an_export_whose_worker_died_can_be_asked_for_again": "conditional requeue",
+    "tests/test_scoring.py::test_one_active_run_per_dataset": "a partial unique index",
+    "tests/test_scoring.py::test_the_task_fails_a_run_whose_model_file_is_missing_and_ignores_duplicates": "claims",
+    "tests/test_scoring.py::test_a_run_writes_what_the_model_answers": "bulk updates",
+    "tests/test_workbench.py::test_query_count_does_not_grow_with_the_page": "query counts",
+    "tests/test_datasets_web.py::test_retry_refuses_running_and_finished_imports_but_takes_stale_ones": "requeue",
+    "tests/test_worker.py::test_upload_train_predict_end_to_end": "a real worker process on the same database",
+}
+SMOKE = ("tests/test_pages.py", "tests/test_permissions.py", "tests/test_api.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.nodeid.startswith(prefix) for prefix in DATABASE_DEPENDENT):
+            item.add_marker(pytest.mark.database)
+        if item.nodeid.startswith(SMOKE):
+            item.add_marker(pytest.mark.smoke)
+        uses = set(getattr(item, "fixturenames", ()))
+        if uses & SERIAL_FIXTURES or item.get_closest_marker("worker") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.xdist_group("processes"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -60,6 +115,24 @@ def _fresh_predictor(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(predictor, "_predictor", predictor.Predictor())
     monkeypatch.setattr(predictor.Predictor, "watch", False)  # no thread outliving its test
     CachedTokenAuthentication.forget()
+
+
+ROLES = ("admin", "staff", "user", "anonymous")
+
+
+@pytest.fixture
+def roles(db: None) -> dict[str, Client]:
+    """A client per kind of caller: an admin (superuser), a second staff user, an
+    ordinary user and an anonymous client (tests/test_permissions.py's columns)."""
+    from tests.factories import UserFactory
+
+    clients = {"anonymous": Client()}
+    for role, person in (("admin", UserFactory(admin=True, username="admin")),
+                         ("staff", UserFactory(staff=True, username="staff")),
+                         ("user", UserFactory(username="user"))):  # fmt: skip
+        clients[role] = Client()
+        clients[role].force_login(person)
+    return clients
 
 
 @pytest.fixture

@@ -54,7 +54,8 @@ def imported_modules(source: str) -> list[tuple[int, str]]:
 
 
 def _infrastructure(name: str) -> bool:
-    return name.startswith("classifier_site.") and name not in WIRING
+    """classifier_site's lower modules (and the package itself, as in `from classifier_site import errors`)."""
+    return name == "classifier_site" or (name.startswith("classifier_site.") and name not in WIRING)
 
 
 def rule_broken(importer: str, imported: str) -> str | None:

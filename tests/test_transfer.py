@@ -249,7 +249,9 @@ def test_the_lite0_file_installs_trains_saves_reloads_and_exports(keras_home, tm
 def test_an_auto_job_on_colour_images_uses_the_installed_backbone_and_says_why(tiny, colour_dataset):
     from trainer.jobs.services import training_job_repeat, training_job_run, training_job_start
 
-    job = training_job_start(dataset=colour_dataset, config=TrainConfig(), enqueue=False)
+    # auto with fewer head epochs than its 200 (a field changed from auto's defaults carries over):
+    # the head is a logistic regression on 120 images, and each epoch costs a Keras fit loop.
+    job = training_job_start(dataset=colour_dataset, config=TrainConfig(epochs=30), enqueue=False)
     training_job_run(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == "succeeded", job.error
@@ -300,7 +302,9 @@ def test_scoring_with_a_transfer_model_reuses_its_jobs_features(tiny, colour_dat
     from trainer.jobs.services import training_job_run, training_job_start
     from trainer.jobs.snapshots import features_folder
 
-    job = training_job_start(dataset=colour_dataset, config=TrainConfig.from_dict({"arch": "tiny"}), enqueue=False)
+    job = training_job_start(
+        dataset=colour_dataset, config=TrainConfig.from_dict({"arch": "tiny", "epochs": 30}), enqueue=False
+    )
     training_job_run(job_id=job.pk)
     full = scoring_run(run_id=scoring_start(dataset=colour_dataset, enqueue=False).pk)
     assert full.status == "succeeded"
@@ -321,7 +325,9 @@ def test_a_cancel_stops_the_job_during_the_feature_pass(tiny, colour_dataset, mo
     from trainer.jobs.services import training_job_run, training_job_start
     from trainer.models import TrainingJob
 
-    job = training_job_start(dataset=colour_dataset, config=TrainConfig.from_dict({"arch": "tiny"}), enqueue=False)
+    job = training_job_start(
+        dataset=colour_dataset, config=TrainConfig.from_dict({"arch": "tiny", "epochs": 30}), enqueue=False
+    )
     TrainingJob.objects.filter(pk=job.pk).update(cancel_requested=True)  # as if pressed while it decodes
     monkeypatch.setattr("trainer.ml.transfer.train_transfer", lambda *a, **k: pytest.fail("trained after a cancel"))
     training_job_run(job_id=job.pk)

@@ -7,6 +7,7 @@ the charts) with `trainer.ml.train.train` answered from this cache when the same
 config has already been trained on the same pixels. The first call trains for
 real; later ones copy its saved model into the job's folder and replay its epochs
 through the job's reporter, so each test still gets its own file, rows and history.
+The report's charts of the same numbers are drawn once per process and stored anew.
 
 The cache lives in a folder all pytest-xdist workers share; a file lock makes the
 first worker train while the others wait for its result. Tests of training itself
@@ -25,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from trainer.ml import train as ml_train
+from trainer.reports import charts
+
+_pictures: dict[str, bytes] = {}
 
 _root: Path | None = None
 
@@ -75,12 +79,25 @@ def _cached(real: Callable[..., Any]) -> Callable[..., Any]:
     return train
 
 
+def _drawn_once(draw: Callable[..., bytes]) -> Callable[..., bytes]:
+    """The report's charts of a cached model are the same picture: drawn once (seaborn, 0.3 s each)."""
+
+    def drawn(*args: Any, **kwargs: Any) -> bytes:
+        key = f"{draw.__name__}{json.dumps([args, kwargs], sort_keys=True, default=str)}"
+        if key not in _pictures:
+            _pictures[key] = draw(*args, **kwargs)
+        return _pictures[key]
+
+    return drawn
+
+
 @contextmanager
 def trained_once() -> Iterator[None]:
     """Within this block, training the same config on the same pixels again is a copy."""
-    real = ml_train.train
-    ml_train.train = _cached(real)
+    real = (ml_train.train, charts.confusion_heatmap, charts.reliability_diagram)
+    ml_train.train = _cached(real[0])
+    charts.confusion_heatmap, charts.reliability_diagram = _drawn_once(real[1]), _drawn_once(real[2])
     try:
         yield
     finally:
-        ml_train.train = real
+        ml_train.train, charts.confusion_heatmap, charts.reliability_diagram = real
