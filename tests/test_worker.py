@@ -69,8 +69,8 @@ def _pool_children(worker: subprocess.Popen) -> list[int]:
 
 def test_a_worker_killed_mid_run_resumes_the_job_from_its_checkpoint(celery_worker_with_beat, colour_dataset):
     worker = celery_worker_with_beat
-    # Enough epochs at 64 px that the kill lands mid-run, after a checkpoint.
-    config = TrainConfig.from_dict({"arch": "resnet", "size": "small", "image_size": 64, "epochs": 12, "batch_size": 8})
+    # Enough epochs at 48 px (about a second each here) that the kill lands mid-run, after a checkpoint.
+    config = TrainConfig.from_dict({"arch": "resnet", "size": "small", "image_size": 48, "epochs": 12, "batch_size": 8})
     job = training_job_start(dataset=colour_dataset, config=config)  # published once committed (no transaction here)
     deadline = time.monotonic() + 120
     while job.epoch < 2 and time.monotonic() < deadline:
