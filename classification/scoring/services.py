@@ -16,10 +16,11 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
-from django.db.models import F, QuerySet
+from django.db.models import F
 from django.utils import timezone
 
 from classification.models import SCORING_STALE, ScoringRun
+from classification.scoring.selectors import scoring_runs
 from classifier_site.errors import Refused
 from classifier_site.runs import ACTIVE, Lifecycle, RunStatus, describe_error
 from datasets.imaging import ImageRejected, load_array
@@ -57,16 +58,6 @@ class _Lost(Exception):
     """The run is no longer this worker's: deleted, or failed as stale meanwhile."""
 
 
-# --- selectors --------------------------------------------------------------------------
-
-
-def _runs() -> QuerySet[ScoringRun]:
-    return ScoringRun.objects.select_related("dataset", "model_version", "model_version__dataset")
-
-
-# --- services -------------------------------------------------------------------------
-
-
 def scoring_start(*, dataset: Dataset, user: User | None = None, enqueue: bool = True) -> ScoringRun:
     """Queue a run of the promoted model over `dataset` (sent to a worker's `default`
     queue when the transaction commits, unless the caller runs it itself)."""
@@ -99,8 +90,8 @@ def scoring_run(*, run_id: int) -> ScoringRun | None:
     call this). None when the row is gone (its dataset or model was deleted)."""
     if not RUNS.claim(run_id):
         logger.info("scoring run %s is not queued; nothing to do (duplicate delivery?)", run_id)
-        return _runs().filter(pk=run_id).first()
-    run = _runs().get(pk=run_id)
+        return scoring_runs().filter(pk=run_id).first()
+    run = scoring_runs().get(pk=run_id)
     try:
         _score(run)
     except _Lost:
@@ -110,7 +101,7 @@ def scoring_run(*, run_id: int) -> ScoringRun | None:
         RUNS.finish(run_id, RunStatus.FAILED, error=describe_error(exc, NoModelAvailable))
     else:
         RUNS.finish(run_id, RunStatus.SUCCEEDED)
-    return _runs().filter(pk=run_id).first()
+    return scoring_runs().filter(pk=run_id).first()
 
 
 def _score(run: ScoringRun) -> None:

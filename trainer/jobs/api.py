@@ -1,4 +1,5 @@
-"""Jobs, model versions and evaluations API (admins): /api/v1/jobs/, /api/v1/models/, /api/v1/evaluations/."""
+"""Training jobs in the API (admins): /api/v1/jobs/ lists and starts them, /api/v1/jobs/{id}/
+follows one, and its cancel and repeat actions."""
 
 import django_filters
 from drf_spectacular.types import OpenApiTypes

@@ -1,4 +1,4 @@
-"""Reads of jobs and model versions, always on behalf of a user."""
+"""Reads of training jobs, always on behalf of a user."""
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet

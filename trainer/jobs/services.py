@@ -1,6 +1,8 @@
-"""Writes to training jobs and model versions. The database is the truth about a
-job: every status change is a compare-and-set on the row, so a duplicate task
-delivery or a late cancel can never move a job backwards."""
+"""Writes to training jobs: start, run (a worker), cancel, repeat, and the reaper of jobs
+whose worker died. The database is the truth about a job: every status change is a
+compare-and-set on the row (classifier_site.runs), so a duplicate task delivery or a
+late cancel can never move a job backwards. A finished job's model goes to the registry
+(trainer.registry.services.model_version_create)."""
 
 import importlib.metadata
 import logging

@@ -1,3 +1,5 @@
+"""Training job pages, under /jobs/."""
+
 from django.urls import path
 
 from trainer.jobs import views

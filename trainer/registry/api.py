@@ -1,4 +1,5 @@
-"""Jobs, model versions and evaluations API (admins): /api/v1/jobs/, /api/v1/models/, /api/v1/evaluations/."""
+"""The model registry in the API (admins): /api/v1/models/ with promote, rollback and
+threshold, and each version's exports (ask for a format, follow it, download it)."""
 
 from collections.abc import Callable
 

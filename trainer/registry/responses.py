@@ -1,5 +1,4 @@
-"""Model export pages (admins): the export table of a model version, asking for a
-format, and downloads. Conversions run on a worker; these views only read and queue."""
+"""Download responses of the registry, shared by its pages and its API."""
 
 from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404

@@ -1,4 +1,5 @@
-"""Reads of jobs and model versions, always on behalf of a user."""
+"""Reads of the model registry, always on behalf of a user: versions, the one served,
+promotion history, and each version's exports."""
 
 from collections.abc import Iterator
 from dataclasses import dataclass

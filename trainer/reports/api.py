@@ -1,4 +1,5 @@
-"""Jobs, model versions and evaluations API (admins): /api/v1/jobs/, /api/v1/models/, /api/v1/evaluations/."""
+"""Evaluation reports in the API (admins): /api/v1/evaluations/, each with its charts and
+the CSV of every prediction."""
 
 from django.http.response import HttpResponseBase
 from django.urls import reverse

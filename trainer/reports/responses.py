@@ -1,5 +1,5 @@
-"""Evaluation report pages: the report, a confusion-matrix cell's images, the
-downloads, relabelling from the report, and comparing jobs."""
+"""Report downloads shared by the report pages and the API: the chart PNGs, the JSON
+document and the CSV of every prediction (streamed)."""
 
 import csv
 from typing import Any

@@ -1,4 +1,4 @@
-"""Reads of jobs and model versions, always on behalf of a user."""
+"""Reads of evaluation reports and their predictions, always on behalf of a user."""
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import F, QuerySet, Window

@@ -3,7 +3,7 @@ and later ones from `evaluate` (a model version on a dataset's test split).
 
 Drawing charts imports seaborn (and pyplot with it), so only workers and
 management commands call into here; web processes read reports through
-trainer.selectors.
+trainer.reports.selectors.
 """
 
 import hashlib

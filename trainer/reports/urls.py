@@ -1,6 +1,8 @@
+"""Evaluation report pages, under /evaluations/."""
+
 from django.urls import path
 
-from trainer.reports import views as views
+from trainer.reports import views
 
 app_name = "reports"
 urlpatterns = [
