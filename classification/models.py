@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from classifier_site.runs import FINISHED, RunStatus, is_stale
+from classifier_site.runs import Counted, RunStatus, is_stale
 from datasets.models import Dataset
 from trainer.models import ModelVersion
 
@@ -14,7 +14,7 @@ from trainer.models import ModelVersion
 SCORING_STALE = timedelta(minutes=10)
 
 
-class ScoringRun(models.Model):
+class ScoringRun(Counted, models.Model):
     """The promoted model scoring every image of a dataset: the suggestion, its
     confidence, margin and entropy on each Image row (classification.scoring.services)."""
 
@@ -47,16 +47,6 @@ class ScoringRun(models.Model):
 
     def __str__(self) -> str:
         return f"Scoring run {self.pk} of dataset {self.dataset_id} ({self.status})"
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in FINISHED
-
-    @property
-    def progress(self) -> float | None:
-        if self.status == RunStatus.SUCCEEDED:
-            return 1.0
-        return min(self.processed / self.total, 1.0) if self.total else None
 
     @property
     def is_stale(self) -> bool:

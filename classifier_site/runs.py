@@ -44,6 +44,25 @@ FINISHED = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
 ERROR_LIMIT = 5000  # characters of an unexpected error kept on the row
 
 
+class Counted:
+    """For a run's model with `status`, `processed` and `total` (known once it starts)."""
+
+    status: str
+    processed: int
+    total: int | None
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def progress(self) -> float | None:
+        """0..1, or None while the total is unknown."""
+        if self.status == RunStatus.SUCCEEDED:
+            return 1.0
+        return min(self.processed / self.total, 1.0) if self.total else None
+
+
 def describe_error(exc: BaseException, *in_words: type[BaseException]) -> str:
     """What a failed run's row says: a refusal (or one of `in_words`) already speaks
     to people and is kept as is; anything else is named by its type, shortened."""

@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.db import models
 
-from classifier_site.runs import FINISHED, RunStatus
+from classifier_site.runs import Counted, RunStatus
 
 
 class Dataset(models.Model):
@@ -131,7 +131,7 @@ class LabelChange(models.Model):
         return f"{self.image_id}: {self.old_label or '—'} → {self.new_label or '—'}"
 
 
-class DatasetImport(models.Model):
+class DatasetImport(Counted, models.Model):
     """One upload being imported: its source file, progress and report."""
 
     dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="imports")
@@ -155,13 +155,3 @@ class DatasetImport(models.Model):
 
     def __str__(self) -> str:
         return f"Import {self.pk} of {self.original_name} ({self.status})"
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in FINISHED
-
-    @property
-    def progress(self) -> float | None:
-        if self.status == RunStatus.SUCCEEDED:
-            return 1.0
-        return self.processed / self.total if self.total else None
