@@ -6,7 +6,7 @@ one worker per GPU on the `gpu` queue with concurrency 1.
 
 import os
 
-from celery import Celery, signals
+from celery import Celery
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "classifier_site.settings")
@@ -17,10 +17,11 @@ app.conf.task_queues = (Queue("default"), Queue("gpu"))
 app.autodiscover_tasks()
 
 
-@signals.worker_init.connect
-@signals.beat_init.connect
+@app.on_after_finalize.connect
 def _ensure_folders(**_: object) -> None:
-    """The embedded broker's SQLite file and beat's schedule live in VAR_DIR."""
+    """The embedded broker's SQLite file and beat's schedule live in VAR_DIR. A worker and
+    beat finalize the app as they start, before beat opens its schedule (its own start-up
+    signal comes after that); a web process does at its first task."""
     from classifier_site.folders import ensure_folders
 
     ensure_folders()
