@@ -178,7 +178,7 @@ def test_fine_tuning_is_discarded_when_it_validates_worse(tiny, tmp_path):
     from trainer.ml.train import MODEL_FILE, predict, train
 
     # A rate this high wrecks the backbone: validation must say so and the frozen head stays.
-    config = TrainConfig.from_dict({"arch": "tiny", "epochs": 60, "fine_tune_epochs": 2, "fine_tune_learning_rate": 5.0,
+    config = TrainConfig.from_dict({"arch": "tiny", "epochs": 20, "fine_tune_epochs": 2, "fine_tune_learning_rate": 5.0,
                                     "batch_size": 16}).resolve(on_gpu=False, class_counts=[24] * 3)  # fmt: skip
     result = train(config, _colour_data(), tmp_path / "out", Recorder())
     transfer = result.metrics["transfer"]
