@@ -2,6 +2,7 @@
 a model trained for real on them, and a real Celery worker process."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -199,10 +200,54 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
+class _SharedWorker:
+    """One real `celery worker` process kept for the tests that need one running: it
+    starts once (and imports TensorFlow once, in its pool process) instead of per test.
+    Its files live in one folder that each test using it starts empty."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def running(self, home: Path) -> subprocess.Popen[bytes]:
+        if self.proc is None or self.proc.poll() is not None:
+            redis.Redis.from_url(TEST_BROKER_URL).flushdb()  # no messages left by earlier tests
+            self.starts += 1
+            log = home / f"worker-{self.starts}.log"  # a fresh log: "ready." must be this start's
+            self.proc = _start(WORKER_COMMAND, log, subprocess_env())
+            _wait_for_line(log, "ready.", self.proc, timeout=60)
+        return self.proc
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+
+_SHARED_WORKER = _SharedWorker()
+WORKER_COMMAND = ["worker", "-Q", "default,gpu", "-c", "1", "--without-gossip", "--without-mingle", "-l", "INFO"]
+
+
+@pytest.fixture(scope="session")
+def _shared_worker(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The shared worker's folder; the worker stops before the test database goes."""
+    yield tmp_path_factory.mktemp("shared-worker")
+    _SHARED_WORKER.stop()
+
+
 @pytest.fixture
-def celery_worker_process(transactional_db: None, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A real `celery worker` process on both queues, as `make run` starts it."""
-    yield from _worker(tmp_path, subprocess_env())
+def celery_worker_process(
+    transactional_db: None, _shared_worker: Path, settings: object, monkeypatch: pytest.MonkeyPatch
+) -> subprocess.Popen[bytes]:
+    """A real `celery worker` process on both queues, as `make run` starts it (shared by
+    the tests that use it; rows are this test's, its media and caches start empty)."""
+    for name in ("media", "model-cache", "training", "keras"):
+        shutil.rmtree(_shared_worker / name, ignore_errors=True)
+    settings.MEDIA_ROOT = _shared_worker / "media"  # type: ignore[attr-defined]
+    settings.MODEL_CACHE_DIR = _shared_worker / "model-cache"  # type: ignore[attr-defined]
+    settings.TRAIN_WORK_DIR = _shared_worker / "training"  # type: ignore[attr-defined]
+    monkeypatch.setenv("KERAS_HOME", str(_shared_worker / "keras"))
+    return _SHARED_WORKER.running(_shared_worker)
 
 
 @pytest.fixture
@@ -210,7 +255,9 @@ def celery_worker_with_beat(transactional_db: None, tmp_path: Path) -> Iterator[
     """A real worker plus a separate `celery beat` process (as the Procfile runs
     them) sending the reaper every second, and heartbeats short enough to declare
     a killed run dead in seconds. Beat is its own process, not `worker -B`: a test
-    that kills the worker's children must not take the reaper down with them."""
+    that kills the worker's children must not take the reaper down with them. The
+    shared worker stops first: it would take this test's jobs off the same queue."""
+    _SHARED_WORKER.stop()
     env = subprocess_env()
     env.update(
         TRAIN_HEARTBEAT_INTERVAL="0.5",
@@ -230,8 +277,7 @@ def celery_worker_with_beat(transactional_db: None, tmp_path: Path) -> Iterator[
 
 def _worker(tmp_path: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     redis.Redis.from_url(TEST_BROKER_URL).flushdb()  # no messages left by earlier tests
-    command = ["worker", "-Q", "default,gpu", "-c", "1", "--without-gossip", "--without-mingle", "-l", "INFO"]
-    proc = _start(command, tmp_path / "worker.log", env)
+    proc = _start(WORKER_COMMAND, tmp_path / "worker.log", env)
     _wait_for_line(tmp_path / "worker.log", "ready.", proc, timeout=60)
     yield proc
     _stop(proc)
