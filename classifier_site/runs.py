@@ -136,10 +136,10 @@ class Lifecycle:
         error = f"The worker stopped: no progress for over {minutes} minute{'s' if minutes > 1 else ''}."
         return stale.update(status=RunStatus.FAILED, error=error, finished_at=timezone.now())
 
-    def requeue(self, queryset: QuerySet[Any], **fields: Any) -> bool:
-        """Put finished or dead rows back in the queue (a retry); publish when it commits."""
-        rows = list(queryset.values_list("pk", flat=True)[:1])
-        if not rows or not queryset.update(status=RunStatus.QUEUED, finished_at=None, **fields):
+    def requeue(self, pk: int, *, status: str, **fields: Any) -> bool:
+        """Put a finished or dead run back in the queue (a retry) if it is still `status`;
+        publish when it commits."""
+        if not self.rows(pk).filter(status=status).update(status=RunStatus.QUEUED, finished_at=None, **fields):
             return False
-        self.publish_on_commit(rows[0])
+        self.publish_on_commit(pk)
         return True

@@ -407,7 +407,7 @@ def import_retry(*, record: DatasetImport) -> DatasetImport:
         raise Conflict("This import is still queued or running.")
     if not record.source:
         raise Refused("The uploaded file is no longer kept; upload it again.")
-    RUNS.requeue(DatasetImport.objects.filter(pk=record.pk, status=record.status), error="", started_at=None)
+    RUNS.requeue(record.pk, status=record.status, error="", started_at=None)
     record.refresh_from_db()
     return record
 

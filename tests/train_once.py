@@ -14,7 +14,6 @@ first worker train while the others wait for its result. Tests of training itsel
 call the service without this and train every time.
 """
 
-import copy
 import fcntl
 import hashlib
 import json
@@ -64,16 +63,16 @@ def _cached(real: Callable[..., Any]) -> Callable[..., Any]:
         entry = _root / _key(config, data)
         with (_root / f"{entry.name}.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one worker trains, the others wait for its files
-            if not (entry / "result.pickle").exists():
+            trained_here = not (entry / "result.pickle").exists()
+            if trained_here:
                 result = real(config, data, entry / "model", reporter, **kwargs)
                 (entry / "result.pickle").write_bytes(pickle.dumps(result))
-                shutil.copytree(entry / "model", out_dir, dirs_exist_ok=True)
-                result.model_dir = out_dir
-                return result
-        result = copy.deepcopy(pickle.loads((entry / "result.pickle").read_bytes()))
+            else:
+                result = pickle.loads((entry / "result.pickle").read_bytes())
         shutil.copytree(entry / "model", out_dir, dirs_exist_ok=True)
         result.model_dir = out_dir
-        _replay(result, reporter)
+        if not trained_here:
+            _replay(result, reporter)  # the reporter heard the real training's epochs as they ran
         return result
 
     return train
