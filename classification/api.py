@@ -1,4 +1,7 @@
-"""POST /api/v1/predict/: the promoted model's answer for one or many uploaded images."""
+"""Predictions in the API: POST /api/v1/datasets/{id}/predict/ answers with that
+dataset's live model, POST /api/v1/predict/ with the one its `dataset` field names
+(an id or a name) or, without it, the site's default; GET /api/v1/predict/ lists
+the live models a client can choose from."""
 
 import time
 from typing import Any
@@ -6,7 +9,13 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import caches
 from django.core.files.uploadedfile import UploadedFile
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+)
 from rest_framework import permissions, serializers
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.renderers import JSONRenderer
@@ -15,10 +24,13 @@ from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
-from classification.predictor import Prediction, get_predictor
+from classification.predictor import NotServed, Prediction, get_predictor
 from classifier_site.uploads import too_large
 from datasets.imaging import ImageRejected, VectorImageRejected, decode_image
+from datasets.selectors import dataset_find
+from trainer.models import ModelVersion
 from trainer.registry.files import NoModelAvailable
+from trainer.registry.selectors import model_versions_live, served_table
 
 
 class PredictPermission(permissions.BasePermission):
@@ -82,6 +94,11 @@ def parse_rate(rate: str | None) -> tuple[int | None, int]:
 
 
 class PredictRequestSerializer(serializers.Serializer):
+    dataset = serializers.CharField(
+        required=False,
+        help_text="The dataset whose live model answers (id or name); without it, the site's default. "
+        "Not used by /api/v1/datasets/{id}/predict/, which names it in the path.",
+    )
     image = serializers.FileField(required=False, help_text="One image: the answer is one prediction object.")
     images = serializers.ListField(
         child=serializers.FileField(),
@@ -96,11 +113,16 @@ class ClassScoreSerializer(serializers.Serializer):
     probability = serializers.FloatField()
 
 
+class DatasetRefSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+
+
 class ServingVersionSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     arch = serializers.CharField()
-    dataset = serializers.CharField()
+    dataset = serializers.CharField(help_text="The dataset's name (its id is in the answer's `dataset`).")
     sha256 = serializers.CharField()
     rejection_threshold = serializers.FloatField()
 
@@ -113,23 +135,34 @@ class ImageResultSerializer(serializers.Serializer):
 
 
 class PredictionSerializer(ImageResultSerializer):
-    model_version = ServingVersionSerializer()
+    dataset = DatasetRefSerializer(help_text="The dataset whose live model answered.")
+    model_version = ServingVersionSerializer(help_text="The version that computed the answer.")
 
 
 class BatchPredictionSerializer(serializers.Serializer):
-    model_version = ServingVersionSerializer()
+    dataset = DatasetRefSerializer(help_text="The dataset whose live model answered.")
+    model_version = ServingVersionSerializer(help_text="The version that computed the answers.")
     results = ImageResultSerializer(many=True)
+
+
+class LiveModelSerializer(serializers.Serializer):
+    dataset = DatasetRefSerializer()
+    model_version = ServingVersionSerializer()
+    classes = serializers.ListField(child=serializers.CharField())
+    image_size = serializers.IntegerField()
+    default = serializers.BooleanField(help_text="Answers requests that name no dataset.")
 
 
 class ErrorSerializer(serializers.Serializer):
     detail = serializers.CharField()
 
 
+_DATASET = {"id": 3, "name": "cifar10"}
 _VERSION = {"id": 7, "name": "v7 · resnet · cifar10", "arch": "resnet", "dataset": "cifar10",
             "sha256": "9f2c…", "rejection_threshold": 0.42}  # fmt: skip
 _SCORES = [{"label": "cat", "probability": 0.91}, {"label": "dog", "probability": 0.06}]
 _RESULTS = [
-    {"filename": "a.jpg", "label": "cat", "unknown": False, "predictions": _SCORES},
+    {"label": "cat", "unknown": False, "predictions": _SCORES},
     {"filename": "b.png", "label": "unknown", "unknown": True,
      "predictions": [{"label": "ship", "probability": 0.31}, {"label": "truck", "probability": 0.29}]},
 ]  # fmt: skip
@@ -139,6 +172,42 @@ def _error(description: str, message: str) -> OpenApiResponse:
     return OpenApiResponse(ErrorSerializer, description, [OpenApiExample(description, {"detail": message})])
 
 
+_ANSWER = PolymorphicProxySerializer(
+    component_name="PredictAnswer",
+    serializers=[PredictionSerializer, BatchPredictionSerializer],
+    resource_type_field_name=None,
+    many=False,
+)
+_RESPONSES = {
+    200: OpenApiResponse(
+        _ANSWER,
+        "`image`: one prediction (PredictionSerializer's shape). `images`: one result per image, in order, "
+        "under `results` (BatchPrediction's shape). Both name the dataset and the version that answered.",
+        [
+            OpenApiExample("image", {"dataset": _DATASET, "model_version": _VERSION, **_RESULTS[0]}),
+            OpenApiExample(
+                "images",
+                {
+                    "dataset": _DATASET,
+                    "model_version": _VERSION,
+                    "results": [{"filename": "a.jpg", **_RESULTS[0]}, _RESULTS[1]],
+                },
+            ),
+        ],
+    ),
+    400: _error("Corrupt or unsupported image, no image, or a bad top_k", "b.png: not a usable image: not an image."),
+    401: _error("Not signed in", "Authentication credentials were not provided."),
+    404: _error("No such dataset", "No dataset 'flowers'."),
+    413: _error("Request too large or too many images", "Too many images: at most 16 per request."),
+    415: _error("SVG image", "logo.svg: SVG is not supported: send a PNG, JPEG, GIF, BMP, WebP or TIFF image."),
+    429: _error("Throttled", "Request was throttled. Expected available in 3 seconds."),
+    503: _error(
+        "No live model (for that dataset), or it cannot be loaded",
+        "Dataset 'flowers' has no live model: train one on it, then promote it.",
+    ),
+}
+
+
 class PredictView(APIView):
     parser_classes = [MultiPartParser, FormParser]
     renderer_classes = [JSONRenderer]  # an API of one format: no browsable-API negotiation
@@ -146,28 +215,23 @@ class PredictView(APIView):
     throttle_classes = [PredictThrottle]
 
     @extend_schema(
-        summary="Classify images with the promoted model",
+        summary="The live models a prediction can ask for",
+        responses={200: LiveModelSerializer(many=True), 401: _RESPONSES[401]},
+    )
+    def get(self, request: Request) -> Response:
+        default = served_table().default
+        return Response([_live_json(version, default) for version in model_versions_live()])
+
+    @extend_schema(
+        summary="Classify images with a dataset's live model (the default's without `dataset`)",
         request={"multipart/form-data": PredictRequestSerializer},
-        responses={
-            200: OpenApiResponse(
-                PredictionSerializer,
-                "One result per image; `images` answers a list under `results`.",
-                [
-                    OpenApiExample(
-                        "image",
-                        {"model_version": _VERSION, "label": "cat", "unknown": False, "predictions": _SCORES},
-                    ),
-                    OpenApiExample("images", {"model_version": _VERSION, "results": _RESULTS}),
-                ],
-            ),
-            400: _error("Corrupt or unsupported image, or no image", "b.png: not a usable image: not an image."),
-            413: _error("Request too large or too many images", "Too many images: at most 16 per request."),
-            415: _error("SVG image", "logo.svg: SVG is not supported: send a PNG, JPEG, GIF, BMP, WebP or TIFF image."),
-            429: _error("Throttled", "Request was throttled. Expected available in 3 seconds."),
-            503: _error("No promoted model", "No model is being served yet: train one, then promote it."),
-        },
+        parameters=[OpenApiParameter("dataset", str, description="Also accepted in the query string.")],
+        responses=_RESPONSES,
     )
     def post(self, request: Request) -> Response:
+        return self.answer(request, request._request.POST.get("dataset") or request.query_params.get("dataset"))
+
+    def answer(self, request: Request, dataset: int | str | None) -> Response:
         if too_large(request._request, settings.PREDICT_MAX_UPLOAD_BYTES):  # before the body is read
             return _detail(f"The upload is larger than {settings.PREDICT_MAX_UPLOAD_BYTES / 2**20:,.0f} MB.", 413)
         # Django's own multipart parsing, not DRF's layer over it: this is the hot path.
@@ -183,16 +247,34 @@ class PredictView(APIView):
             return _detail("top_k must be a whole number from 1 to 100.", 400)
         images = [upload.read() for upload in uploads]
         try:
-            results = get_predictor().predict_many(images, top_k=top_k)
+            results = get_predictor().predict_many(images, dataset=dataset, top_k=top_k)
         except ImageRejected:
             return _rejected(uploads, images)
+        except NotServed as exc:
+            if dataset_find(str(exc.dataset)) is None:
+                return _detail(f"No dataset {exc.dataset!r}.", 404)
+            return _detail(str(exc), 503)
         except NoModelAvailable as exc:
             return _detail(str(exc), 503)
-        version = _version_json(results[0])
+        answered = {"dataset": _dataset_json(results[0]), "model_version": _version_json(results[0])}
         if single:
-            return Response({"model_version": version, **_result_json(results[0])})
+            return Response({**answered, **_result_json(results[0])})
         named = [{"filename": u.name, **_result_json(r)} for u, r in zip(uploads, results, strict=True)]
-        return Response({"model_version": version, "results": named})
+        return Response({**answered, "results": named})
+
+
+class DatasetPredictView(PredictView):
+    """The same answers, with the dataset named in the path."""
+
+    http_method_names = ["post", "options"]
+
+    @extend_schema(
+        summary="Classify images with this dataset's live model",
+        request={"multipart/form-data": PredictRequestSerializer},
+        responses=_RESPONSES,
+    )
+    def post(self, request: Request, dataset_id: int) -> Response:  # type: ignore[override]
+        return self.answer(request, dataset_id)
 
 
 def _top_k(raw: Any) -> int | None:
@@ -223,14 +305,31 @@ def _detail(message: str, code: int) -> Response:
 
 # Built by hand, not by serializers: this is the hot path, and the shape is fixed.
 def _version_json(prediction: Prediction) -> dict[str, Any]:
-    version = prediction.version
+    return _version_fields(prediction.version, prediction.threshold)
+
+
+def _version_fields(version: ModelVersion, threshold: float) -> dict[str, Any]:
     return {
         "id": version.pk,
         "name": version.name,
         "arch": version.arch,
         "dataset": version.dataset.name,
         "sha256": version.sha256,
-        "rejection_threshold": prediction.threshold,
+        "rejection_threshold": threshold,
+    }
+
+
+def _dataset_json(prediction: Prediction) -> dict[str, Any]:
+    return {"id": prediction.version.dataset_id, "name": prediction.version.dataset.name}
+
+
+def _live_json(version: ModelVersion, default: int | None) -> dict[str, Any]:
+    return {
+        "dataset": {"id": version.dataset_id, "name": version.dataset.name},
+        "model_version": _version_fields(version, version.rejection_threshold),
+        "classes": version.classes,
+        "image_size": version.image_size,
+        "default": version.dataset_id == default,
     }
 
 

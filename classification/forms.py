@@ -1,7 +1,10 @@
+from collections.abc import Sequence
+
 from django import forms
 from django.conf import settings
 
 from datasets.models import Dataset
+from trainer.models import ModelVersion
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -22,9 +25,16 @@ class MultipleImageField(forms.FileField):
 
 
 class PredictForm(forms.Form):
+    dataset = forms.TypedChoiceField(coerce=int, label="Model", required=False)
     images = MultipleImageField(
         label="Images", help_text="JPEG, PNG, GIF, BMP, WebP or TIFF; pick or drop one or many."
     )
+
+    def __init__(self, *args: object, live: Sequence[ModelVersion] = (), **kwargs: object) -> None:
+        """`live`: one choice per dataset with a live model."""
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        choices = [(v.dataset_id, f"{v.dataset.name} (v{v.pk} · {v.arch})") for v in live]
+        self.fields["dataset"].choices = choices  # type: ignore[attr-defined]
 
     def clean_images(self) -> list[object]:
         uploads = self.cleaned_data["images"]

@@ -1,33 +1,51 @@
-"""Answers predictions with the promoted model version.
+"""Answers predictions with each dataset's live (promoted) model version.
 
-A process loads the promoted version once (after checking its SHA-256), keeps a
-compiled `tf.function` with a fixed input signature, warms it up, and answers
-many images in one call. At most once per PREDICT_RELOAD_SECONDS it asks the
-database which version is promoted; a new one is loaded in a background thread
-while the old one keeps answering, and swapped in when ready. A version that
-fails to load is logged and skipped: the old one goes on serving. TensorFlow is
-imported on the first prediction, not at start-up.
+A process keeps a table of what every dataset serves, read from the database at
+most once per PREDICT_RELOAD_SECONDS (and from a thread of its own when requests
+stop), and loads models lazily: a dataset's model on its first request. Loaded
+models are kept under PREDICT_MEMORY_MB, the least recently used evicted first.
+
+Loading a version checks its SHA-256, builds the fastest runtime whose answers on
+the version's own test images equal Keras' (trainer.ml.runtimes), warms it up, and
+answers many images in one call. When a loaded dataset's promoted version changes,
+the new one loads in a background thread while the old one keeps answering, and is
+swapped in when ready. A version that fails to load is logged; the old one goes on
+serving, and the load is retried with backoff (PREDICT_LOAD_RETRY_SECONDS,
+doubling), so a transient storage error heals without a restart. TensorFlow is
+imported on the first load that needs it, not at start-up: a model ONNX Runtime
+was chosen for before is checked against Keras' stored answers without it.
 """
 
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 from django.conf import settings
 from django.db import connection
 
 from datasets.imaging import load_array
+from trainer.ml.runtimes import Runtime, checked_onnx_runtime, configure_tensorflow_threads, fastest_runtime
 from trainer.models import ModelVersion
-from trainer.registry.files import NoModelAvailable, local_model_file
-from trainer.registry.selectors import model_version_promoted_key, model_version_serving
+from trainer.registry.files import NoModelAvailable, local_model_file, local_serving_files, model_version_samples
+from trainer.registry.selectors import ServedKey, ServedTable, model_version_serving, served_table
 
 logger = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
+RETRY_CEILING_SECONDS = 60.0  # backoff doubles up to this
+
+
+class NotServed(NoModelAvailable):
+    """The dataset a request named has no live model (or no such dataset exists)."""
+
+    def __init__(self, dataset: int | str) -> None:
+        super().__init__(f"Dataset {dataset!r} has no live model: train one on it, then promote it.")
+        self.dataset = dataset
 
 
 @dataclass(frozen=True)
@@ -53,14 +71,21 @@ class Prediction:
 
 
 @dataclass(frozen=True)
-class _Loaded:
+class Loaded:
     version: ModelVersion  # the row as it was loaded, dataset included
     threshold: float  # refreshed with every check: admins may change it
-    predict: Any  # tf.function: uint8 (n, s, s, 3) -> float32 (n, classes)
+    runtime: Runtime
 
     @property
     def key(self) -> tuple[int, str]:
         return self.version.pk, self.version.sha256
+
+
+@dataclass(frozen=True)
+class _Failure:
+    reason: str
+    attempts: int
+    retry_at: float  # time.monotonic()
 
 
 class Predictor:
@@ -70,71 +95,175 @@ class Predictor:
     watch = True
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loaded: _Loaded | None = None
+        self._lock = threading.Lock()  # guards the dicts below; never held while loading
+        self._table: ServedTable | None = None
         self._checked_at = float("-inf")
-        self._loading: threading.Thread | None = None
+        self._models: OrderedDict[int, Loaded] = OrderedDict()  # dataset id -> model, least recently used first
+        self._loading: dict[int, threading.Thread] = {}  # dataset id -> background reload
+        self._load_locks: dict[int, threading.Lock] = {}  # one first load per dataset at a time
+        self._failed: dict[tuple[int, str], _Failure] = {}  # versions that would not load: why, and when to retry
         self._watcher: threading.Thread | None = None
-        self._failed: dict[tuple[int, str], str] = {}  # versions that would not load, and why
 
-    def predict(self, data: bytes, *, top_k: int = 5) -> Prediction:
-        return self.predict_many([data], top_k=top_k)[0]
+    # --- answering -----------------------------------------------------------------------
 
-    def predict_many(self, images: Sequence[bytes], *, top_k: int = 5) -> list[Prediction]:
-        """One batched model call for all `images`; raises ImageRejected (naming no
-        index: callers decode one by one for that) before the model is touched."""
-        loaded = self.current()
+    def predict(self, data: bytes, *, dataset: int | str | None = None, top_k: int = 5) -> Prediction:
+        return self.predict_many([data], dataset=dataset, top_k=top_k)[0]
+
+    def predict_many(
+        self, images: Sequence[bytes], *, dataset: int | str | None = None, top_k: int = 5
+    ) -> list[Prediction]:
+        """One batched model call for all `images` with `dataset`'s live model (an id or
+        a name; None: the site's default). Raises ImageRejected (naming no index:
+        callers decode one by one for that) before the model is touched."""
+        loaded = self.current(dataset)
         size = loaded.version.image_size
         # Decode before the model runs: bad input costs nothing.
         batch = np.stack([load_array(data, size, max_pixels=settings.MAX_IMAGE_PIXELS) for data in images])
-        probabilities = np.asarray(loaded.predict(batch))
+        probabilities = loaded.runtime.predict(batch)
         return [_prediction(loaded, row, top_k) for row in probabilities]
 
-    def current(self) -> _Loaded:
-        """The loaded promoted version, checking the database at most once per interval."""
+    def current(self, dataset: int | str | None = None) -> Loaded:
+        """`dataset`'s loaded model, checking the database at most once per interval
+        and loading it here if this process holds none of that dataset's."""
         if time.monotonic() - self._checked_at >= settings.PREDICT_RELOAD_SECONDS:
             self.refresh()
-        loaded = self._loaded
-        if loaded is None:
-            raise NoModelAvailable("No model is being served yet: train one, then promote it.")
-        return loaded
+        table = self._table
+        dataset_id = table.dataset_id(dataset) if table is not None else None
+        if dataset_id is None:
+            if dataset is None:
+                raise NoModelAvailable("No model is being served yet: train one, then promote it.")
+            raise NotServed(dataset)
+        with self._lock:
+            loaded = self._models.get(dataset_id)
+            if loaded is not None:
+                self._models.move_to_end(dataset_id)
+                return loaded
+        return self._first_load(dataset_id)
+
+    # --- what is served ---------------------------------------------------------------------
 
     def refresh(self, *, wait: bool = False) -> None:
-        """Look up the promoted version now; load it if it changed. The first load
-        happens in the caller (there is nothing to serve meanwhile); later ones in a
-        background thread, unless `wait`."""
+        """Read what every dataset serves now. A loaded dataset whose version changed
+        reloads in the background (the old version answers meanwhile), one that has
+        none any more is dropped, and changed thresholds apply at once."""
+        table = served_table()
+        changed: list[int] = []
         with self._lock:
             self._checked_at = time.monotonic()
-            key = model_version_promoted_key()
-            loaded = self._loaded
-            if key is None:
-                self._loaded = None
-                return
-            version_id, sha256, threshold = key
-            if loaded is not None and loaded.key == (version_id, sha256):
-                if loaded.threshold != threshold:
-                    self._loaded = replace(loaded, threshold=threshold)
-                return
-            if (version_id, sha256) in self._failed or (self._loading and self._loading.is_alive()):
-                return
-            version = model_version_serving()
-            if version is None or version.pk != version_id:
-                return  # promoted again meanwhile: the next check sees it
-            if loaded is None:
-                self._load(version)
-                if self._loaded is None:
-                    raise NoModelAvailable(self._failed[(version.pk, version.sha256)])
-                self._start_watching()
-                return
-            self._loading = threading.Thread(target=self._load, args=(version,), name="model-reload", daemon=True)
-            self._loading.start()
+            self._table = table
+            for dataset_id, loaded in list(self._models.items()):
+                key = table.by_dataset.get(dataset_id)
+                if key is None:
+                    del self._models[dataset_id]
+                elif (key.version_id, key.sha256) != loaded.key:
+                    changed.append(dataset_id)
+                elif key.threshold != loaded.threshold:
+                    self._models[dataset_id] = replace(loaded, threshold=key.threshold)
+        for dataset_id in changed:
+            self._reload_in_background(dataset_id, table.by_dataset[dataset_id])
         if wait:
             self.wait_for_reload()
 
+    def loaded(self) -> list[Loaded]:
+        """The models this process holds, least recently used first."""
+        with self._lock:
+            return list(self._models.values())
+
+    def wait_for_reload(self, timeout: float = 60.0) -> None:
+        for thread in list(self._loading.values()):
+            thread.join(timeout)
+
+    # --- loading ------------------------------------------------------------------------------
+
+    def _first_load(self, dataset_id: int) -> Loaded:
+        """Nothing of this dataset is loaded: load its version in the caller (there is
+        nothing to answer with meanwhile), once however many requests wait for it."""
+        with self._load_locks.setdefault(dataset_id, threading.Lock()):
+            with self._lock:
+                if (loaded := self._models.get(dataset_id)) is not None:
+                    return loaded  # another request loaded it while this one waited
+            version = model_version_serving(dataset_id=dataset_id)
+            if version is None:
+                raise NotServed(dataset_id)
+            if (failure := self._failed.get((version.pk, version.sha256))) and time.monotonic() < failure.retry_at:
+                wait = failure.retry_at - time.monotonic()
+                raise NoModelAvailable(f"{failure.reason} Trying again in {wait:.0f} s.")
+            loaded = self._load(version)
+            if loaded is None:
+                raise NoModelAvailable(self._failed[(version.pk, version.sha256)].reason)
+            self._start_watching()
+            return loaded
+
+    def _reload_in_background(self, dataset_id: int, key: ServedKey) -> None:
+        with self._lock:
+            failure = self._failed.get((key.version_id, key.sha256))
+            running = self._loading.get(dataset_id)
+            if (running and running.is_alive()) or (failure and time.monotonic() < failure.retry_at):
+                return
+            # Read here, not in the thread: the row as this request's connection sees it.
+            version = model_version_serving(dataset_id=dataset_id)
+            if version is None or version.pk != key.version_id:
+                return  # promoted again meanwhile: the next check sees it
+            thread = threading.Thread(target=self._load, args=(version,), name="model-reload", daemon=True)
+            self._loading[dataset_id] = thread
+        thread.start()
+
+    def _load(self, version: ModelVersion) -> Loaded | None:
+        """Load `version` and serve its dataset with it; None (the reason recorded, a
+        retry scheduled) if it fails. Any failure keeps what is served."""
+        key = (version.pk, version.sha256)
+        try:
+            runtime = _runtime(version)
+        except Exception as exc:
+            self._record_failure(version, exc)
+            return None
+        with self._lock:
+            self._failed.pop(key, None)
+            threshold = self._threshold(version)
+            loaded = Loaded(version=version, threshold=threshold, runtime=runtime)
+            self._models[version.dataset_id] = loaded
+            self._models.move_to_end(version.dataset_id)
+        self.fit_budget()
+        logger.info("serving model version %s of %s through %s", version.pk, version.dataset.name, runtime.name)
+        return loaded
+
+    def _threshold(self, version: ModelVersion) -> float:
+        key = self._table.by_dataset.get(version.dataset_id) if self._table else None
+        return key.threshold if key and key.version_id == version.pk else version.rejection_threshold
+
+    def _record_failure(self, version: ModelVersion, exc: Exception) -> None:
+        key = (version.pk, version.sha256)
+        detail = str(exc).rstrip(".")
+        reason = str(exc) if isinstance(exc, NoModelAvailable) else f"Version {version.pk} failed to load: {detail}."
+        attempts = self._failed[key].attempts + 1 if key in self._failed else 1
+        delay = min(settings.PREDICT_LOAD_RETRY_SECONDS * 2 ** (attempts - 1), RETRY_CEILING_SECONDS)
+        with self._lock:
+            self._failed[key] = _Failure(reason, attempts, time.monotonic() + delay)
+            serving = self._models.get(version.dataset_id)
+        logger.error(
+            "model version %s not loaded (%s); still serving %s; trying again in %.1f s",
+            version.pk, reason, serving.version.pk if serving else None, delay,
+        )  # fmt: skip
+
+    def fit_budget(self) -> list[Loaded]:
+        """Drop the least recently used models until the rest fit PREDICT_MEMORY_MB (the
+        most recently used stays, even alone over budget); what was dropped. Every load
+        calls it."""
+        budget = settings.PREDICT_MEMORY_MB * 2**20
+        evicted = []
+        with self._lock:
+            while len(self._models) > 1 and sum(m.runtime.nbytes for m in self._models.values()) > budget:
+                evicted.append(self._models.popitem(last=False)[1])
+        for loaded in evicted:
+            logger.info("evicted model version %s (PREDICT_MEMORY_MB=%g)", loaded.version.pk, budget / 2**20)
+        return evicted
+
     def _start_watching(self) -> None:
-        if self.watch and self._watcher is None:
+        with self._lock:
+            if not self.watch or self._watcher is not None:
+                return
             self._watcher = threading.Thread(target=self._watch, name="model-watch", daemon=True)
-            self._watcher.start()
+        self._watcher.start()
 
     def _watch(self) -> None:
         while get_predictor() is self:
@@ -144,69 +273,46 @@ class Predictor:
             try:
                 self.refresh()
             except Exception:  # never let the watcher die: requests still check
-                logger.exception("checking the promoted model version failed")
+                logger.exception("checking the promoted model versions failed")
             finally:
                 connection.close()  # this thread's own connection: not held while it sleeps
 
-    def wait_for_reload(self, timeout: float = 60.0) -> None:
-        if self._loading is not None:
-            self._loading.join(timeout)
 
-    def _load(self, version: ModelVersion) -> None:
-        try:
-            fn = _compile(version)
-        except Exception as exc:  # any failure: keep serving what we have
-            reason = str(exc) if isinstance(exc, NoModelAvailable) else f"Version {version.pk} failed to load: {exc}"
-            self._failed[(version.pk, version.sha256)] = reason
-            serving = self._loaded.version.pk if self._loaded else None
-            logger.error("model version %s not loaded (%s); still serving %s", version.pk, reason, serving)
-            return
-        self._loaded = _Loaded(version=version, threshold=version.rejection_threshold, predict=fn)
-        logger.info("serving model version %s", version.pk)
-
-
-def _prediction(loaded: _Loaded, probabilities: np.ndarray, top_k: int) -> Prediction:
+def _prediction(loaded: Loaded, probabilities: np.ndarray, top_k: int) -> Prediction:
     classes = loaded.version.classes
     order = np.argsort(probabilities)[::-1][: max(1, top_k)]
     scores = [ClassScore(label=classes[i], probability=float(probabilities[i])) for i in order]
     return Prediction(version=loaded.version, scores=scores, threshold=loaded.threshold)
 
 
-_tf_configured = False
-
-
-def _compile(version: ModelVersion) -> Any:
-    """The version's model as a warmed-up `tf.function` over uint8 batches."""
-    global _tf_configured
-    import keras
-    import tensorflow as tf
-
-    import trainer.ml.layers  # noqa: F401  registers the custom layers saved in model files
-
-    if not _tf_configured and settings.PREDICT_TF_THREADS:
-        try:  # only possible before TensorFlow's first op in this process
-            tf.config.threading.set_intra_op_parallelism_threads(settings.PREDICT_TF_THREADS)
-            tf.config.threading.set_inter_op_parallelism_threads(settings.PREDICT_TF_THREADS)
-        except RuntimeError as exc:  # TensorFlow ran already here (a test, a shell): keep its threads
-            logger.warning("PREDICT_TF_THREADS not applied: %s", exc)
-    _tf_configured = True
+def _runtime(version: ModelVersion) -> Runtime:
+    """The version's fastest runtime with Keras' answers on its own test images: checked
+    against the answers stored when ONNX Runtime was chosen for this file before (no
+    TensorFlow needed), else chosen now."""
     path = local_model_file(version)
-    # safe_mode: a model file can never run code of its own (no Lambda layers).
-    model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    size = version.image_size
-    spec = tf.TensorSpec(shape=(None, size, size, 3), dtype=tf.uint8)
-    fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-    # The concrete function of that one signature: calling it skips tf.function's
-    # argument binding and dispatch, half a millisecond a call.
-    compiled = fn.get_concrete_function()
-    for batch in sorted({1, settings.PREDICT_MAX_IMAGES}):  # touch every kernel once
-        compiled(tf.zeros((batch, size, size, 3), tf.uint8))
-    return compiled
+    onnx_path = Path(settings.MODEL_CACHE_DIR) / f"{version.sha256}.onnx"
+    warm = (1, settings.PREDICT_MAX_IMAGES)
+    auto, threads = settings.PREDICT_RUNTIME == "auto", settings.PREDICT_TF_THREADS
+    stored = auto and local_serving_files(version, onnx_path)
+    if stored and (checked := checked_onnx_runtime(onnx_path, threads=threads, warm_batches=warm)):
+        logger.info("version %s: onnxruntime, checked against Keras' stored answers", version.pk)
+        return checked
+    configure_tensorflow_threads(threads)
+    choice = fastest_runtime(
+        path,
+        model_version_samples(version, limit=settings.PREDICT_CHECK_IMAGES),
+        onnx_path=onnx_path,
+        threads=threads,
+        try_onnx=auto,
+        warm_batches=warm,
+    )
+    logger.info("version %s runtimes: %s", version.pk, choice.tried)
+    return choice.runtime
 
 
 _predictor = Predictor()
 
 
 def get_predictor() -> Predictor:
-    """The process-wide predictor (one loaded model per process)."""
+    """The process-wide predictor (every dataset's live model, loaded as asked for)."""
     return _predictor

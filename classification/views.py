@@ -1,4 +1,5 @@
-"""The prediction page, and "wrong?" corrections that add an image to a dataset."""
+"""The prediction page (a model picker: one entry per dataset with a live model,
+remembered in the session), and "wrong?" corrections that add an image to a dataset."""
 
 import base64
 import binascii
@@ -19,11 +20,13 @@ from classifier_site.uploads import limit_upload
 from datasets.imaging import ImageRejected, decode_image
 from datasets.labelling import image_add_correction
 from datasets.selectors import dataset_list
+from trainer.models import ModelVersion
 from trainer.registry.files import NoModelAvailable
-from trainer.registry.selectors import model_version_serving
+from trainer.registry.selectors import model_versions_live
 
 # Images up to this size are shown back and can be sent back as a correction.
 ECHO_MAX_BYTES = 2 * 1024 * 1024
+CHOSEN_KEY = "predict_dataset"  # session key: the dataset last picked on the page
 
 
 @dataclass
@@ -42,17 +45,22 @@ def predict_view(request: HttpRequest) -> HttpResponse:
 
 @limit_upload("PREDICT_MAX_UPLOAD_BYTES")
 def _predict_page(request: HttpRequest) -> HttpResponse:
-    form = PredictForm(request.POST or None, request.FILES or None)
+    live = model_versions_live()
+    chosen = _chosen(request, live)
+    form = PredictForm(request.POST or None, request.FILES or None, live=live, initial={"dataset": chosen})
     results: list[PageResult] = []
     if request.method == "POST" and form.is_valid():
+        chosen = form.cleaned_data["dataset"] or chosen
+        request.session[CHOSEN_KEY] = chosen
         try:
-            results = _classify([(f.name, f.read()) for f in form.cleaned_data["images"]])
+            results = _classify([(f.name, f.read()) for f in form.cleaned_data["images"]], chosen)
         except NoModelAvailable as exc:
             form.add_error(None, str(exc))
     admin = is_admin(request.user)
     context = {
         "form": form,
-        "serving": model_version_serving(),
+        "live": live,
+        "serving": next((v for v in live if v.dataset_id == chosen), None),
         "results": results,
         "datasets": dataset_list(user=request.user) if admin else [],
         "can_correct": admin,
@@ -62,7 +70,21 @@ def _predict_page(request: HttpRequest) -> HttpResponse:
     return render(request, "classification/predict.html", context, status=400 if failed else 200)
 
 
-def _classify(files: list[tuple[str, bytes]]) -> list[PageResult]:
+def _chosen(request: HttpRequest, live: list[ModelVersion]) -> int | None:
+    """The dataset to answer with: `?dataset=` (a link from the dashboard), else the
+    one last picked in this session, else the site's default (listed first)."""
+    ids = [v.dataset_id for v in live]
+    asked = request.GET.get("dataset", "")
+    if asked.isdigit() and int(asked) in ids:
+        request.session[CHOSEN_KEY] = int(asked)
+        return int(asked)
+    remembered = request.session.get(CHOSEN_KEY)
+    if remembered in ids:
+        return int(remembered)
+    return ids[0] if ids else None
+
+
+def _classify(files: list[tuple[str, bytes]], dataset: int | None) -> list[PageResult]:
     """Answers for the good images in one batch; a reason for each bad one."""
     results = [PageResult(filename=name) for name, _ in files]
     good: list[tuple[PageResult, bytes]] = []
@@ -76,7 +98,7 @@ def _classify(files: list[tuple[str, bytes]]) -> list[PageResult]:
         if len(data) <= ECHO_MAX_BYTES:
             result.data_b64 = base64.b64encode(data).decode()
     if good:
-        predictions = get_predictor().predict_many([data for _, data in good], top_k=5)
+        predictions = get_predictor().predict_many([data for _, data in good], dataset=dataset, top_k=5)
         for (result, _), prediction in zip(good, predictions, strict=True):
             result.prediction = prediction
     return results

@@ -4,7 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from classification.api import PredictView
+from classification.api import DatasetPredictView, PredictView
 from classification.scoring.api import ScoringRunViewSet
 from datasets.api import DatasetViewSet, ImageViewSet, ImportViewSet, LabelViewSet
 from datasets.labelling_api import LabelChangeViewSet
@@ -25,6 +25,7 @@ router.register("scoring-runs", ScoringRunViewSet, basename="scoring-run")
 
 urlpatterns = [
     path("predict/", PredictView.as_view(), name="api-predict"),
+    path("datasets/<int:dataset_id>/predict/", DatasetPredictView.as_view(), name="api-dataset-predict"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include(router.urls)),

@@ -45,6 +45,16 @@ def env_secret(name: str, default: str = "") -> str:
         raise ImproperlyConfigured(f"{name}_FILE={path!r} cannot be read: {exc.strerror}.") from exc
 
 
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (any case), or empty for the default; anything else stops start-up."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in choices:
+        return raw
+    raise ImproperlyConfigured(f"{name}={os.environ[name]!r} is not one of {', '.join(choices)}.")
+
+
 VAR_DIR = Path(env.str("VAR_DIR", default=str(BASE_DIR / "var")))
 # Created by each process at start (classifier_site.folders), not here: importing settings writes nothing.
 
@@ -206,14 +216,25 @@ PREDICT_ALLOW_ANONYMOUS = env_bool("PREDICT_ALLOW_ANONYMOUS", False)
 # DRF throttle rates of the predict API: per user, and per IP address for anonymous clients.
 PREDICT_THROTTLE_RATE = env.str("PREDICT_THROTTLE_RATE", default="1200/min")
 PREDICT_ANON_THROTTLE_RATE = env.str("PREDICT_ANON_THROTTLE_RATE", default="60/min")
-# How often (seconds) a serving process checks which version is promoted.
+# How often (seconds) a serving process checks which version each dataset serves.
 PREDICT_RELOAD_SECONDS = env.float("PREDICT_RELOAD_SECONDS", default=0.5)
-# TensorFlow threads per serving process. Web servers run a process per core, and one
+# Models one serving process keeps loaded (MB of model files), least recently used
+# evicted first. A 32 px CNN is well under 1 MB, a MobileNetV2 transfer model about
+# 10 MB: 512 MB keeps dozens of datasets' models warm per web process.
+PREDICT_MEMORY_MB = env.float("PREDICT_MEMORY_MB", default=512.0)
+# A version that fails to load is tried again after this many seconds, doubling up to a minute.
+PREDICT_LOAD_RETRY_SECONDS = env.float("PREDICT_LOAD_RETRY_SECONDS", default=2.0)
+# auto: serve each model through ONNX Runtime when its answers equal Keras' (within
+# 1e-5 on the version's own test images) and it is faster; tensorflow: always Keras.
+PREDICT_RUNTIME = env_choice("PREDICT_RUNTIME", "auto", ("auto", "tensorflow"))
+# Test images a runtime is checked on when a version loads.
+PREDICT_CHECK_IMAGES = env.int("PREDICT_CHECK_IMAGES", default=32)
+# TensorFlow and ONNX Runtime threads per serving process. Web servers run a process per core, and one
 # small image is no work to split: 1 thread answered faster than TensorFlow's default
 # (all cores) here. 0 restores that default, for one process serving a large model.
 PREDICT_TF_THREADS = env.int("PREDICT_TF_THREADS", default=1)
-# Refuse to promote a version whose macro-F1 is below the promoted one's (same
-# dataset) unless the admin forces it.
+# Refuse to promote a version whose macro-F1 is below its dataset's promoted one's
+# unless the admin forces it.
 PROMOTION_GATE = env_bool("PROMOTION_GATE", True)
 # Threads that decode, hash and store images during an import.
 IMPORT_THREADS = env.int("IMPORT_THREADS", default=min(4, os.cpu_count() or 1))

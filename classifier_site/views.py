@@ -9,7 +9,7 @@ from django.views.decorators.http import require_GET
 from classifier_site.permissions import is_admin
 from datasets.selectors import dataset_list
 from trainer.jobs.selectors import job_list
-from trainer.registry.selectors import model_version_serving
+from trainer.registry.selectors import model_versions_live
 
 
 @login_required
@@ -17,7 +17,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     context = {
         "datasets": dataset_list(user=request.user)[:10],
         "jobs": job_list(user=request.user)[:10],
-        "serving": model_version_serving(),
+        "live": model_versions_live(),
         "is_admin": is_admin(request.user),
     }
     return render(request, "dashboard.html", context)

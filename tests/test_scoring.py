@@ -1,4 +1,4 @@
-"""Model assistance: the promoted model scores every image of a dataset (suggestion,
+"""Model assistance: a dataset's live model scores every image of a dataset (suggestion,
 confidence, margin, entropy), through the service, the task, the command, the API
 and the page endpoint."""
 
@@ -133,13 +133,15 @@ def test_the_command_scores_and_sums_up_in_one_line(trained_version, capsys):
 @pytest.mark.django_db
 def test_without_a_promoted_model_nothing_starts(colour_dataset, api, admin_user):
     model_version_row(colour_dataset)  # trained, but not promoted
-    with pytest.raises(ValueError, match="No model is promoted"):
+    with pytest.raises(ValueError, match="colours has no live model"):
         scoring_start(dataset=colour_dataset)
-    with pytest.raises(CommandError, match="No model is promoted"):
+    with pytest.raises(CommandError, match="colours has no live model"):
         call_command("score_dataset", str(colour_dataset.pk))
+    with pytest.raises(CommandError, match="no model version 999"):
+        call_command("score_dataset", str(colour_dataset.pk), "--model-version", "999")
     api.force_authenticate(admin_user)
     response = api.post("/api/v1/scoring-runs/", {"dataset": colour_dataset.pk}, format="json")
-    assert response.status_code == 400 and "No model is promoted" in response.json()["detail"]
+    assert response.status_code == 400 and "colours has no live model" in response.json()["detail"]
     assert not ScoringRun.objects.exists()
 
 
@@ -158,7 +160,10 @@ def test_one_active_run_per_dataset(promoted_row, colour_dataset, django_capture
         scoring_start(dataset=colour_dataset)
     assert len(again) == 1  # the queued run's message is sent again: it may have been lost
     other = dataset_create(name="other")
-    assert scoring_start(dataset=other, enqueue=False).dataset == other  # other datasets are not held up
+    with pytest.raises(ScoringRefused, match="other has no live model"):  # not colours' model, unless told
+        scoring_start(dataset=other, enqueue=False)
+    told = scoring_start(dataset=other, version=promoted_row, enqueue=False)
+    assert told.dataset == other and told.model_version == promoted_row  # other datasets are not held up
 
     ScoringRun.objects.filter(pk=first.pk).update(status="running", heartbeat_at=timezone.now())
     with pytest.raises(ScoringRefused, match="is running"):
@@ -222,6 +227,9 @@ def test_api_starts_lists_and_shows_runs(api, admin_user, promoted_row, colour_d
     assert listed["count"] == 1 and listed["results"][0]["progress"] == 0.25
     other = dataset_create(name="other")
     assert api.get(f"/api/v1/scoring-runs/?dataset={other.pk}").json()["count"] == 0
+    told = api.post("/api/v1/scoring-runs/", {"dataset": other.pk, "model_version": promoted_row.pk}, format="json")
+    assert told.status_code == 201 and told.json()["model_version"] == promoted_row.pk  # another dataset's model
+    assert api.post("/api/v1/scoring-runs/", {"dataset": other.pk, "model_version": 9999}).status_code == 400
     one = api.get(f"/api/v1/scoring-runs/{run.pk}/")
     assert one.status_code == 200 and one.json()["processed"] == 50
     assert api.get("/api/v1/scoring-runs/9999/").status_code == 404
@@ -264,7 +272,7 @@ def test_the_page_endpoint_starts_a_run_and_goes_back(admin_client, member_clien
 @pytest.mark.django_db
 def test_the_page_endpoint_says_when_no_model_is_promoted(admin_client, colour_dataset):
     response = admin_client.post(f"/models/score/{colour_dataset.pk}/", follow=True)
-    assert "No model is promoted" in response.content.decode() and not ScoringRun.objects.exists()
+    assert "colours has no live model" in response.content.decode() and not ScoringRun.objects.exists()
 
 
 @pytest.mark.django_db
@@ -276,7 +284,7 @@ def test_the_status_partial_polls_while_running_and_names_the_model_when_done(
     empty = render_to_string(
         "classification/_scoring_status.html", {"scoring": None, "dataset": colour_dataset}, request
     )
-    assert "No model suggestions yet" in empty and "Score with the promoted model" in empty
+    assert "No model suggestions yet" in empty and "Score with its live model" in empty
     assert f'name="next" value="/datasets/{colour_dataset.pk}/label/"' in empty and "hx-trigger" not in empty
 
     run = scoring_start(dataset=colour_dataset, enqueue=False)

@@ -306,9 +306,16 @@ def test_api_promote_rollback_and_threshold(api, admin_user, member, colour_data
 @pytest.mark.django_db
 def test_openapi_documents_the_predict_errors_and_examples(client):
     schema = client.get("/api/v1/schema/?format=json").json()
-    answers = schema["paths"]["/api/v1/predict/"]["post"]["responses"]
-    assert {"200", "400", "413", "415", "429", "503"} <= set(answers)
-    assert set(answers["200"]["content"]["application/json"]["examples"]) >= {"Image", "Images"}
+    for path in ("/api/v1/predict/", "/api/v1/datasets/{dataset_id}/predict/"):
+        answers = schema["paths"][path]["post"]["responses"]
+        assert {"200", "400", "401", "404", "413", "415", "429", "503"} <= set(answers), path
+        ok = answers["200"]["content"]["application/json"]
+        assert set(ok["examples"]) >= {"Image", "Images"}
+        shapes = schema["components"]["schemas"][ok["schema"]["$ref"].rsplit("/", 1)[1]]["oneOf"]
+        assert {shape["$ref"].rsplit("/", 1)[1] for shape in shapes} == {"Prediction", "BatchPrediction"}
+    for shape in ("Prediction", "BatchPrediction"):  # each names the dataset and the version that answered
+        assert {"dataset", "model_version"} <= set(schema["components"]["schemas"][shape]["properties"])
+    assert "get" in schema["paths"]["/api/v1/predict/"] and "get" not in schema["paths"][path]
 
 
 # --- prediction page and corrections ----------------------------------------------------
@@ -453,13 +460,17 @@ def test_an_idle_process_picks_up_a_promotion_on_its_own(colour_dataset, setting
     assert predictor.predict(colour_image("red", seed=1)).version.pk == first.pk
     model_version_promote(version=second, force=True)
     deadline = time.monotonic() + 30
-    while predictor._loaded.version.pk != second.pk and time.monotonic() < deadline:  # no request meanwhile
+    while _loaded_ids(predictor) != [second.pk] and time.monotonic() < deadline:  # no request meanwhile
         time.sleep(0.05)
-    assert predictor._loaded.version.pk == second.pk
+    assert _loaded_ids(predictor) == [second.pk]
     watcher = predictor._watcher
     monkeypatch.setattr(module, "_predictor", module.Predictor())  # the watcher sees it is retired
     watcher.join(5)
     assert not watcher.is_alive()
+
+
+def _loaded_ids(predictor: object) -> list[int]:
+    return [loaded.version.pk for loaded in predictor.loaded()]  # type: ignore[attr-defined]
 
 
 def test_a_mistyped_throttle_rate_fails_the_checks_not_each_request(settings):

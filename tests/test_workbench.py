@@ -159,7 +159,7 @@ def test_query_count_does_not_grow_with_the_page(admin_client, small, colour_dat
         assert reverse("scoring:panel", args=[dataset.pk]) in page
     panel = admin_client.get(reverse("scoring:panel", args=[colour_dataset.pk])).content.decode()
     assert f'Suggestions from <a href="/models/{version.pk}/">{version.name}</a>' in panel
-    assert "Score with the promoted model" in panel
+    assert "Score with its live model" in panel
 
 
 def test_class_names_are_escaped(admin_client, small):

@@ -109,6 +109,10 @@ class ModelVersion(models.Model):
     snapshot_hash = models.CharField(max_length=64, blank=True)  # of the job's frozen dataset snapshot
     backbone_sha256 = models.CharField(max_length=64, blank=True)  # the pretrained backbone file it was built on
     file_size = models.PositiveBigIntegerField(default=0)
+    # The model converted for ONNX Runtime by the training worker, and its check record
+    # (trainer.ml.runtimes): web processes serve it without TensorFlow. Blank: none.
+    onnx_file = models.CharField(max_length=300, blank=True)
+    onnx_check_file = models.CharField(max_length=300, blank=True)
     # Below this top probability the predictor answers "unknown". Chosen on the
     # validation split when training ends (metrics["rejection"]); admins may change it.
     rejection_threshold = models.FloatField(default=0.0)
@@ -119,8 +123,10 @@ class ModelVersion(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
-            # The database itself guarantees at most one promoted version.
-            models.UniqueConstraint(fields=["is_promoted"], condition=Q(is_promoted=True), name="one_promoted_model")
+            # The database itself guarantees at most one promoted version per dataset.
+            models.UniqueConstraint(
+                fields=["dataset"], condition=Q(is_promoted=True), name="one_promoted_model_per_dataset"
+            )
         ]
 
     def __str__(self) -> str:
@@ -158,6 +164,25 @@ class Promotion(models.Model):
 
     def __str__(self) -> str:
         return f"{'rollback to' if self.rollback else 'promotion of'} v{self.model_version_id}"
+
+
+class ServingDefault(models.Model):
+    """The dataset whose live model answers predictions that name no dataset (one
+    row at most, id 1). Without a row, or when that dataset has no live model, the
+    most recently promoted version answers."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="one_serving_default")]
+
+    def __str__(self) -> str:
+        return f"default: {self.dataset}"
 
 
 class ExportFormat(models.TextChoices):

@@ -12,6 +12,7 @@ from classification.scoring.selectors import scoring_run_list
 from classification.scoring.services import scoring_start
 from classifier_site.permissions import admin_user
 from datasets.models import Dataset
+from trainer.models import ModelVersion
 
 
 class ScoringRunSerializer(serializers.ModelSerializer):
@@ -29,11 +30,15 @@ class ScoringRunSerializer(serializers.ModelSerializer):
 
 class ScoringRunCreateSerializer(serializers.Serializer):
     dataset = serializers.PrimaryKeyRelatedField(queryset=Dataset.objects.all())
+    model_version = serializers.PrimaryKeyRelatedField(
+        queryset=ModelVersion.objects.all(), required=False, allow_null=True,
+        help_text="The version to score with; without it, the dataset's own live model.",
+    )  # fmt: skip
 
 
 class ScoringRunViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
                         viewsets.GenericViewSet):  # fmt: skip
-    """Runs of the promoted model over a dataset: each image gets a suggested class,
+    """Runs of a model over a dataset (its own live model unless told): each image gets a suggested class,
     its confidence, margin (top-1 minus top-2) and entropy."""
 
     serializer_class = ScoringRunSerializer
@@ -47,12 +52,13 @@ class ScoringRunViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.R
         request=ScoringRunCreateSerializer,
         responses={
             201: ScoringRunSerializer,
-            400: OpenApiResponse(description="No model is promoted, or the dataset is already being scored."),
+            400: OpenApiResponse(description="The dataset has no live model, or it is already being scored."),
         },
     )
     def create(self, request: Request, *args: object, **kwargs: object) -> Response:
-        """Score a dataset with the promoted model; a worker runs it. Poll the run for its progress."""
+        """Score a dataset with its live model (or `model_version`); a worker runs it. Poll the run for its progress."""
         incoming = ScoringRunCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
-        run = scoring_start(dataset=incoming.validated_data["dataset"], user=admin_user(request))
+        data = incoming.validated_data
+        run = scoring_start(dataset=data["dataset"], version=data.get("model_version"), user=admin_user(request))
         return Response(self.get_serializer(run).data, status.HTTP_201_CREATED)

@@ -58,12 +58,19 @@ class _Lost(Exception):
     """The run is no longer this worker's: deleted, or failed as stale meanwhile."""
 
 
-def scoring_start(*, dataset: Dataset, user: User | None = None, enqueue: bool = True) -> ScoringRun:
-    """Queue a run of the promoted model over `dataset` (sent to a worker's `default`
-    queue when the transaction commits, unless the caller runs it itself)."""
-    version = model_version_serving()
+def scoring_start(
+    *, dataset: Dataset, version: ModelVersion | None = None, user: User | None = None, enqueue: bool = True
+) -> ScoringRun:
+    """Queue a run of `dataset`'s live model (or of `version`, when told) over
+    `dataset` (sent to a worker's `default` queue when the transaction commits,
+    unless the caller runs it itself)."""
     if version is None:
-        raise ScoringRefused("No model is promoted: train one and promote it in the model registry first.")
+        version = model_version_serving(dataset_id=dataset.pk)
+    if version is None:
+        raise ScoringRefused(
+            f"{dataset.name} has no live model: train one on it (its first version goes live), "
+            "promote one in the model registry, or name the version to score with."
+        )
     _fail_stale(dataset)
     active = ScoringRun.objects.filter(dataset=dataset, status__in=ACTIVE).first()
     if active is not None:

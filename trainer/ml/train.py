@@ -21,6 +21,7 @@ from trainer.ml.architectures import PixelStats, build_model, with_flip_tta
 from trainer.ml.config import TrainConfig
 from trainer.ml.layers import OneCycle
 from trainer.ml.metrics import SUMMARY_METRICS, rejection_threshold, report
+from trainer.ml.runtimes import prepare_serving
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +156,7 @@ def _train(
         metrics["rejection"] = rejection_threshold(data.val.y, predict(served, data.val, num_classes, batch_size))
     out_dir.mkdir(parents=True, exist_ok=True)
     served.save(out_dir / MODEL_FILE)
+    prepare_serving(out_dir / MODEL_FILE, evaluated_split.x)
     run = {"config": config.to_dict(), "classes": data.classes, "metrics": metrics, "history": history}
     (out_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
     return TrainResult(history, metrics, fit.stopped, out_dir, fit.resumed_from, fit.seconds, probabilities)

@@ -30,6 +30,7 @@ from trainer.ml.backbones import Backbone, feature_extractor, get
 from trainer.ml.config import TrainConfig
 from trainer.ml.features import Features
 from trainer.ml.metrics import rejection_threshold, report
+from trainer.ml.runtimes import prepare_serving
 from trainer.ml.train import (
     MODEL_FILE,
     RUN_FILE,
@@ -261,6 +262,7 @@ def _save(model: Any, config: TrainConfig, data: TrainData, metrics: dict[str, A
           history: dict[str, list[float]], out_dir: Path) -> None:  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / MODEL_FILE)
+    prepare_serving(out_dir / MODEL_FILE, data.test.x if len(data.test) else data.val.x)
     run = {"config": config.to_dict(), "classes": data.classes, "metrics": metrics, "history": history}
     (out_dir / RUN_FILE).write_text(json.dumps(run, indent=2))
 

@@ -1,5 +1,7 @@
 """The model registry in the API (admins): /api/v1/models/ with promote, rollback and
-threshold, and each version's exports (ask for a format, follow it, download it)."""
+threshold (each within the version's dataset), the site's default dataset for
+predictions naming none (/api/v1/models/default/), and each version's exports (ask
+for a format, follow it, download it)."""
 
 from collections.abc import Callable
 
@@ -12,15 +14,24 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from classifier_site.errors import Refused
 from classifier_site.runs import RunStatus
+from datasets.selectors import dataset_find
 from trainer.models import ExportFormat, ModelExport, ModelVersion
 from trainer.registry.exports import FORMAT_PATTERN, model_export_request
 from trainer.registry.responses import export_file_response
-from trainer.registry.selectors import model_export_list, model_export_ready, model_version_list
+from trainer.registry.selectors import (
+    model_export_list,
+    model_export_ready,
+    model_version_list,
+    model_version_serving,
+    serving_default_choice,
+)
 from trainer.registry.services import (
     model_version_promote,
     model_version_rollback,
     model_version_set_threshold,
+    serving_default_set,
 )
 
 
@@ -116,6 +127,18 @@ class ThresholdSerializer(serializers.Serializer):
     )
 
 
+class ServingDefaultSerializer(serializers.Serializer):
+    dataset = serializers.CharField(
+        allow_null=True, help_text="A dataset's id or name; null: the most recently promoted version answers."
+    )
+
+
+class ServingDefaultStateSerializer(serializers.Serializer):
+    chosen = serializers.IntegerField(allow_null=True, help_text="The dataset admins chose, if any.")
+    dataset = serializers.IntegerField(allow_null=True, help_text="The dataset that answers now.")
+    model_version = serializers.IntegerField(allow_null=True, help_text="Its live version.")
+
+
 class ModelVersionViewSet(ModelExportActions, viewsets.ReadOnlyModelViewSet):
     serializer_class = ModelVersionSerializer
     permission_classes = [permissions.IsAdminUser]
@@ -140,6 +163,31 @@ class ModelVersionViewSet(ModelExportActions, viewsets.ReadOnlyModelViewSet):
         """Serve again the version that served before this one was promoted."""
         version = model_version_rollback(version=self.get_object(), user=request.user)
         return Response(self.get_serializer(version).data)
+
+    @extend_schema(
+        methods=["GET"], request=None, responses={200: ServingDefaultStateSerializer},
+        summary="Which dataset answers predictions that name none",
+    )  # fmt: skip
+    @extend_schema(
+        methods=["PUT"], request=ServingDefaultSerializer, responses={200: ServingDefaultStateSerializer, 400: None},
+        summary="Choose the dataset that answers predictions that name none",
+    )  # fmt: skip
+    @action(detail=False, methods=["get", "put"], url_path="default", pagination_class=None, filter_backends=[])
+    def serving_default(self, request: Request) -> Response:
+        if request.method == "PUT":
+            incoming = ServingDefaultSerializer(data=request.data)
+            incoming.is_valid(raise_exception=True)
+            name = incoming.validated_data["dataset"]
+            dataset = None if name in (None, "") else dataset_find(str(name))
+            if name not in (None, "") and dataset is None:
+                raise Refused(f"No dataset {name!r}.")
+            serving_default_set(dataset=dataset, user=request.user)
+        serving = model_version_serving()
+        return Response({
+            "chosen": serving_default_choice(),
+            "dataset": serving.dataset_id if serving else None,
+            "model_version": serving.pk if serving else None,
+        })  # fmt: skip
 
     @extend_schema(request=ThresholdSerializer, responses={200: ModelVersionSerializer})
     @action(detail=True, methods=["post"])

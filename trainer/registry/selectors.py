@@ -1,5 +1,5 @@
-"""Reads of the model registry, always on behalf of a user: versions, the one served,
-promotion history, and each version's exports."""
+"""Reads of the model registry: versions (on behalf of a user), the live one of each
+dataset and the site's default, promotion history, and each version's exports."""
 
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,7 +10,8 @@ from django.http import Http404
 
 from classifier_site.permissions import is_admin
 from classifier_site.runs import RunStatus
-from trainer.models import ExportFormat, ModelExport, ModelVersion, Promotion
+from datasets.selectors import is_id
+from trainer.models import ExportFormat, ModelExport, ModelVersion, Promotion, ServingDefault
 
 
 def model_version_list(*, user: AbstractBaseUser | AnonymousUser) -> QuerySet[ModelVersion]:
@@ -26,27 +27,89 @@ def model_version_get(*, user: AbstractBaseUser | AnonymousUser, pk: int) -> Mod
         raise Http404("No such model version.") from None
 
 
-def model_version_serving() -> ModelVersion | None:
-    """The promoted version: the one every prediction answers with."""
-    return ModelVersion.objects.select_related("dataset").filter(is_promoted=True).first()
+def model_versions_live() -> list[ModelVersion]:
+    """Each dataset's promoted version, the default's first, then by dataset name:
+    the dashboard's list, the prediction page's picker."""
+    live = ModelVersion.objects.select_related("dataset").filter(is_promoted=True).order_by("dataset__name")
+    default = served_table().default
+    return sorted(live, key=lambda v: v.dataset_id != default)
 
 
-def model_version_promoted_key() -> tuple[int, str, float] | None:
-    """(id, sha256, rejection threshold) of the promoted version: the predictor's
-    cheap once-a-second check."""
-    return ModelVersion.objects.filter(is_promoted=True).values_list("pk", "sha256", "rejection_threshold").first()
+def serving_default_choice() -> int | None:
+    """The dataset an admin chose as the default, if any (it may have no live model)."""
+    return ServingDefault.objects.filter(pk=1).values_list("dataset_id", flat=True).first()
+
+
+def model_version_serving(*, dataset_id: int | None = None) -> ModelVersion | None:
+    """The promoted version of `dataset_id`, or of the site's default dataset."""
+    if dataset_id is None:
+        dataset_id = served_table().default
+    if dataset_id is None:
+        return None
+    return ModelVersion.objects.select_related("dataset", "job").filter(dataset_id=dataset_id, is_promoted=True).first()
+
+
+@dataclass(frozen=True)
+class ServedKey:
+    version_id: int
+    sha256: str
+    threshold: float
+
+
+@dataclass(frozen=True)
+class ServedTable:
+    """What every dataset serves, as the predictor checks it once per interval."""
+
+    by_dataset: dict[int, ServedKey]
+    names: dict[str, int]  # dataset name -> id, of datasets with a live model
+    default: int | None  # dataset id
+
+    def dataset_id(self, dataset: int | str | None) -> int | None:
+        """The id of `dataset` (a name or an id, as commands name one; None: the
+        default) if it has a live model."""
+        if dataset is None:
+            return self.default
+        if isinstance(dataset, int):
+            return dataset if dataset in self.by_dataset else None
+        if dataset in self.names:
+            return self.names[dataset]
+        return int(dataset) if is_id(dataset) and int(dataset) in self.by_dataset else None
+
+
+def served_table() -> ServedTable:
+    """Two indexed queries: the promoted rows, and the admins' default. The default
+    is the admins' choice while it has a live model, else the dataset of the most
+    recently promoted version."""
+    rows = list(
+        ModelVersion.objects.filter(is_promoted=True).values_list(
+            "dataset_id", "dataset__name", "pk", "sha256", "rejection_threshold", "promoted_at"
+        )
+    )
+    by_dataset = {row[0]: ServedKey(row[2], row[3], row[4]) for row in rows}
+    chosen = serving_default_choice()
+    stamped = [row for row in rows if row[5] is not None]
+    latest = max(stamped, key=lambda row: (row[5], row[2]))[0] if stamped else None
+    return ServedTable(
+        by_dataset=by_dataset,
+        names={row[1]: row[0] for row in rows},
+        default=chosen if chosen in by_dataset else latest,
+    )
 
 
 def model_version_previous(*, current: ModelVersion) -> ModelVersion | None:
-    """What served before `current` was last promoted forward: where a rollback goes."""
+    """What served before `current` was last promoted forward: where a rollback goes.
+    (Promotions recorded before serving was per dataset may name another dataset's
+    version as the previous one: that is no rollback within this dataset.)"""
     last = Promotion.objects.filter(model_version=current, rollback=False).select_related("previous").first()
-    return last.previous if last else None
+    if last is None or last.previous is None or last.previous.dataset_id != current.dataset_id:
+        return None
+    return last.previous
 
 
 def promotion_history(*, user: AbstractBaseUser | AnonymousUser, limit: int = 20) -> list[Promotion]:
     if not is_admin(user):
         return []
-    return list(Promotion.objects.select_related("model_version", "previous", "user")[:limit])
+    return list(Promotion.objects.select_related("model_version__dataset", "previous", "user")[:limit])
 
 
 def model_export_list(*, user: AbstractBaseUser | AnonymousUser, version: ModelVersion) -> QuerySet[ModelExport]:

@@ -23,6 +23,7 @@ register_converter(ExportFormatConverter, "export_format")
 app_name = "models"
 urlpatterns = [
     path("", views.model_list_view, name="list"),
+    path("default", views.serving_default_view, name="default"),
     path("<int:pk>/", views.model_detail_view, name="detail"),
     path("<int:pk>/promote", views.model_promote_view, name="promote"),
     path("<int:pk>/rollback", views.model_rollback_view, name="rollback"),

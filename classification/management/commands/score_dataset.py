@@ -1,4 +1,4 @@
-"""`manage.py score_dataset DATASET [--wait | --inline]`: the promoted model's suggestion for every image."""
+"""`manage.py score_dataset DATASET [--model-version N] [--wait | --inline]`: a model's suggestion for every image."""
 
 import json
 from typing import Any
@@ -9,16 +9,18 @@ from classification.models import ScoringRun
 from classification.scoring.services import ScoringRefused, scoring_run, scoring_start
 from datasets.selectors import dataset_find
 from trainer.management.follow import follow
+from trainer.models import ModelVersion
 
 
 class Command(BaseCommand):
     help = (
-        "Score every image of a dataset (by name or id) with the promoted model: each gets the model's "
-        "suggested class, its confidence, margin and entropy. Runs on a worker's `default` queue."
+        "Score every image of a dataset (by name or id) with its live model (or --model-version): each gets "
+        "the model's suggested class, its confidence, margin and entropy. Runs on a worker's `default` queue."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("dataset", help="dataset name or id")
+        parser.add_argument("--model-version", type=int, default=None, help="score with this version (its id) instead")
         parser.add_argument("--wait", action="store_true", help="wait for the run to finish, showing progress")
         parser.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
         parser.add_argument("--inline", action="store_true", help="score in this process instead of on a worker")
@@ -28,8 +30,13 @@ class Command(BaseCommand):
         dataset = dataset_find(options["dataset"])
         if dataset is None:
             raise CommandError(f"no dataset named or numbered {options['dataset']!r}")
+        version = None
+        if options["model_version"] is not None:
+            version = ModelVersion.objects.filter(pk=options["model_version"]).first()
+            if version is None:
+                raise CommandError(f"no model version {options['model_version']}")
         try:
-            run = scoring_start(dataset=dataset, enqueue=not options["inline"])
+            run = scoring_start(dataset=dataset, version=version, enqueue=not options["inline"])
         except ScoringRefused as exc:
             raise CommandError(str(exc)) from exc
         if options["inline"]:
