@@ -68,6 +68,7 @@ DATABASE_DEPENDENT = {
     "tests/test_serving.py::test_the_gate_refuses_a_worse_version_unless_forced": "promotion",
     "tests/test_serving_datasets.py::test_concurrent_promotions_in_two_datasets": "a partial unique index per dataset",
     "tests/test_serving_datasets.py::test_each_dataset_has_its_own_live_version": "promotion per dataset",
+    "tests/test_training.py::test_a_double_submitted_train_form": "a partial unique index, raced",
     "tests/test_training.py::test_duplicate_delivery_does_nothing": "compare-and-set claim",
     "tests/test_training.py::test_cancel_": "compare-and-set status changes",
     "tests/test_training.py::test_reaper_": "the reaper's conditional updates",

@@ -248,3 +248,60 @@ def test_decoded_images_are_cached_per_snapshot_and_size(colour_dataset, monkeyp
     monkeypatch.setattr("trainer.jobs.snapshots.load_array", lambda *a: pytest.fail("decoded again"))
     second = train_now(colour_dataset, epochs=1, seed=1)  # same snapshot and size: read from the cache
     assert second.job.snapshot_hash == first.job.snapshot_hash
+
+
+# --- one click, one job ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_double_submitted_train_form_starts_one_job(colour_dataset, admin_user):
+    import re
+    import threading
+
+    from django.db import connection
+    from django.test import Client
+
+    client = Client()
+    client.force_login(admin_user)
+    form = client.get(f"/jobs/new/?dataset={colour_dataset.pk}").content.decode()
+    key = re.search(r'name="request_key" value="([0-9a-f]{32})"', form).group(1)
+    assert key not in client.get("/jobs/new/").content.decode()  # a fresh key each time the form is shown
+    posted = {"dataset": colour_dataset.pk, "arch": "baseline", "epochs": 1, "request_key": key}
+    answers: list[int] = []
+
+    def submit() -> None:
+        twin = Client()
+        twin.force_login(admin_user)
+        try:
+            answers.append(twin.post("/jobs/new/", posted).status_code)
+        finally:
+            connection.close()
+
+    clicks = [threading.Thread(target=submit) for _ in range(4)]
+    for click in clicks:
+        click.start()
+    for click in clicks:
+        click.join(60)
+    assert answers == [302] * 4
+    assert TrainingJob.objects.filter(dataset=colour_dataset).count() == 1
+    again = client.post("/jobs/new/", posted, follow=True).content.decode()
+    assert "already started by the same click" in again
+    posted["request_key"] = ""  # no key (a script posting the form): every post is a job
+    client.post("/jobs/new/", posted)
+    assert TrainingJob.objects.filter(dataset=colour_dataset).count() == 2
+
+
+@pytest.mark.django_db
+def test_the_api_replays_a_job_for_the_same_idempotency_key(colour_dataset, admin_user):
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.force_authenticate(admin_user)
+    body = {"dataset": colour_dataset.pk, "config": {"arch": "baseline", "epochs": 1}}
+    first = api.post("/api/v1/jobs/", body, format="json", HTTP_IDEMPOTENCY_KEY="abc-1")
+    replay = api.post("/api/v1/jobs/", body, format="json", HTTP_IDEMPOTENCY_KEY="abc-1")
+    other = api.post("/api/v1/jobs/", body, format="json", HTTP_IDEMPOTENCY_KEY="abc-2")
+    assert (first.status_code, replay.status_code, other.status_code) == (201, 200, 201)
+    assert replay.json()["id"] == first.json()["id"] != other.json()["id"]
+    assert api.post("/api/v1/jobs/", body, format="json").status_code == 201  # no key: a new job
+    assert TrainingJob.objects.count() == 3

@@ -40,6 +40,10 @@ class TrainingJob(models.Model):
     device = models.CharField(max_length=200, blank=True)
     host = models.CharField(max_length=200, blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    # The client's idempotency key (the train form's hidden field, the API's Idempotency-Key
+    # header): a second request with the same key from the same user gets this job back.
+    request_key = models.CharField(max_length=64, blank=True, default="")
+    replayed = False  # not a column: training_job_start sets it on a job it found by its key
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
@@ -48,6 +52,12 @@ class TrainingJob(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["status"]), models.Index(fields=["status", "heartbeat_at"])]
+        constraints = [
+            # One job per key and user, however many requests race: the double-click guard.
+            models.UniqueConstraint(
+                fields=["created_by", "request_key"], condition=~Q(request_key=""), name="one_job_per_request_key"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"Job {self.pk} ({self.status})"

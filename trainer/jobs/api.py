@@ -3,7 +3,7 @@ follows one, and its cancel and repeat actions."""
 
 import django_filters
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -65,13 +65,25 @@ class TrainingJobViewSet(
     def get_queryset(self):  # type: ignore[no-untyped-def]
         return job_list(user=self.request.user)
 
+    @extend_schema(
+        parameters=[OpenApiParameter(
+            "Idempotency-Key", str, OpenApiParameter.HEADER,
+            description="Any string up to 64 characters: a second request with the same key (from the same user) "
+            "answers 200 with the job the first one started, instead of starting another.",
+        )],
+        responses={201: TrainingJobSerializer, 200: TrainingJobSerializer},
+    )  # fmt: skip
     def create(self, request: Request, *args: object, **kwargs: object) -> Response:
         incoming = self.get_serializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         config = incoming.validated_data.get("config") or TrainConfig.defaults()
-        job = training_job_start(dataset=incoming.validated_data["dataset"], config=config, user=admin_user(request))
+        job = training_job_start(
+            dataset=incoming.validated_data["dataset"], config=config, user=admin_user(request),
+            request_key=request.headers.get("Idempotency-Key", "").strip(),
+        )  # fmt: skip
+        replayed = job.replayed
         job.refresh_from_db()
-        return Response(self.get_serializer(job).data, status.HTTP_201_CREATED)
+        return Response(self.get_serializer(job).data, status.HTTP_200_OK if replayed else status.HTTP_201_CREATED)
 
     @extend_schema(request=None)
     @action(detail=True, methods=["post"])

@@ -30,8 +30,13 @@ def config_field(field: dataclasses.Field[Any], initial: Any) -> forms.Field:
     return forms.FloatField(min_value=0, **common)
 
 
+NOT_CONFIG = ("dataset", "request_key")
+
+
 class TrainingJobForm(forms.Form):
     dataset = forms.ModelChoiceField(queryset=Dataset.objects.all())
+    # A fresh key each time the form is shown: a double click sends it twice, and gets one job.
+    request_key = forms.CharField(widget=forms.HiddenInput, required=False, max_length=64)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -54,7 +59,7 @@ class TrainingJobForm(forms.Form):
         cleaned = super().clean() or {}
         if not self.errors:
             try:
-                given = {k: v for k, v in cleaned.items() if k != "dataset" and v not in (None, "")}
+                given = {k: v for k, v in cleaned.items() if k not in NOT_CONFIG and v not in (None, "")}
                 self.config = TrainConfig.from_dict(given)
             except ConfigError as exc:
                 # Messages start with the field's name: show them beside that field.

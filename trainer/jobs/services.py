@@ -21,7 +21,7 @@ from typing import Any
 from celery import Task
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import F, QuerySet
 from django.utils import timezone
 
@@ -47,10 +47,14 @@ def training_job_start(
     user: User | None = None,
     enqueue: bool = True,
     snapshot: dict[str, Any] | None = None,
+    request_key: str = "",
 ) -> TrainingJob:
     """Freeze the dataset's snapshot (or reuse `snapshot`, to repeat a run), record
     the job and (unless the caller runs it itself) put it on the `gpu` queue once
-    the transaction commits."""
+    the transaction commits. A `request_key` this user sent before gets that job
+    back instead (`job.replayed` is True), even when both requests race."""
+    if request_key and (earlier := _job_of_key(user, request_key)):
+        return earlier
     if snapshot is None:
         frozen = dataset_snapshot(dataset=dataset)
         if len(frozen.classes) < 2:
@@ -58,16 +62,30 @@ def training_job_start(
         if frozen.count(Split.TRAIN) == 0:
             raise TrainingRefused("The dataset has no labelled images in its train split.")
         snapshot = frozen.as_dict()
-    job = TrainingJob.objects.create(
-        dataset=dataset,
-        config=config.to_dict(),
-        snapshot=snapshot,
-        snapshot_hash=str(snapshot.get("hash", "")),
-        created_by=user,
-        events=[_event("Queued.")],
-    )
+    try:
+        with transaction.atomic():  # a savepoint: a racing twin's insert fails alone
+            job = TrainingJob.objects.create(
+                dataset=dataset,
+                config=config.to_dict(),
+                snapshot=snapshot,
+                snapshot_hash=str(snapshot.get("hash", "")),
+                created_by=user,
+                request_key=request_key[:64],
+                events=[_event("Queued.")],
+            )
+    except IntegrityError:
+        if request_key and (earlier := _job_of_key(user, request_key)):
+            return earlier
+        raise
     if enqueue:
         transaction.on_commit(lambda: _enqueue(job))
+    return job
+
+
+def _job_of_key(user: User | None, request_key: str) -> TrainingJob | None:
+    job = TrainingJob.objects.filter(created_by=user, request_key=request_key[:64]).first()
+    if job is not None:
+        job.replayed = True
     return job
 
 

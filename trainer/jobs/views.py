@@ -1,5 +1,7 @@
 """Training job pages (admins only)."""
 
+import uuid
+
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.paginator import Paginator
@@ -37,15 +39,19 @@ def job_list_view(request: HttpRequest) -> HttpResponse:
 
 @staff_member_required
 def job_create_view(request: HttpRequest) -> HttpResponse:
-    form = TrainingJobForm(request.POST or None, initial={"dataset": request.GET.get("dataset")})
+    initial = {"dataset": request.GET.get("dataset"), "request_key": uuid.uuid4().hex}
+    form = TrainingJobForm(request.POST or None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
-            user = admin_user(request)
-            job = training_job_start(dataset=form.cleaned_data["dataset"], config=form.config, user=user)
+            job = training_job_start(
+                dataset=form.cleaned_data["dataset"], config=form.config, user=admin_user(request),
+                request_key=form.cleaned_data["request_key"],
+            )  # fmt: skip
         except TrainingRefused as exc:
             form.add_error(None, str(exc))
         else:
-            messages.success(request, f"Training job {job.pk} queued.")
+            said = "was already started by the same click" if job.replayed else "queued"
+            messages.success(request, f"Training job {job.pk} {said}.")
             return redirect("trainer:detail", pk=job.pk)
     return render(request, "trainer/job_create.html", {"form": form})
 
