@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
+from django.core.exceptions import TooManyFilesSent
 from django.core.files.uploadedfile import UploadedFile
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -229,13 +230,21 @@ class PredictView(APIView):
         responses=_RESPONSES,
     )
     def post(self, request: Request) -> Response:
-        return self.answer(request, request._request.POST.get("dataset") or request.query_params.get("dataset"))
+        return self.answer(request, None)
 
     def answer(self, request: Request, dataset: int | str | None) -> Response:
+        """`dataset`: from the path; None reads the `dataset` field or query parameter."""
         if too_large(request._request, settings.PREDICT_MAX_UPLOAD_BYTES):  # before the body is read
             return _detail(f"The upload is larger than {settings.PREDICT_MAX_UPLOAD_BYTES / 2**20:,.0f} MB.", 413)
         # Django's own multipart parsing, not DRF's layer over it: this is the hot path.
-        form, files = request._request.POST, request._request.FILES
+        try:
+            form, files = request._request.POST, request._request.FILES
+        except TooManyFilesSent:
+            return _detail(f"Too many images: at most {settings.PREDICT_MAX_IMAGES} per request.", 413)
+        if dataset is None:
+            dataset = form.get("dataset") or request.query_params.get("dataset") or None
+        if len(files.getlist("image")) > 1 or ("image" in files and "images" in files):
+            return _detail('Send one file as "image", or several as "images" (not both).', 400)
         single = files.get("image")
         uploads: list[UploadedFile] = [single] if single else files.getlist("images")
         if not uploads:

@@ -8,6 +8,8 @@ middleware translate them, so views and viewsets do not each catch their own.
 
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from rest_framework.response import Response
@@ -28,9 +30,20 @@ class Conflict(Refused):
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF's handler, plus refusals as {"detail": message} with their status."""
+    """DRF's handler, plus refusals as {"detail": message} with their status, and
+    Django's own limits on a request body as JSON 413, not its HTML 400 page."""
     if isinstance(exc, Refused):
         return Response({"detail": str(exc)}, status=exc.status_code)
+    if isinstance(exc, TooManyFilesSent):
+        return Response(
+            {"detail": f"Too many files: at most {settings.DATA_UPLOAD_MAX_NUMBER_FILES} per request."}, 413
+        )
+    if isinstance(exc, TooManyFieldsSent):
+        return Response(
+            {"detail": f"Too many fields: at most {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} per request."}, 413
+        )
+    if isinstance(exc, RequestDataTooBig):
+        return Response({"detail": "The request body is too large."}, 413)
     return exception_handler(exc, context)
 
 

@@ -9,6 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 
 from classifier_site.runs import RunStatus
@@ -331,3 +332,17 @@ def test_same_seed_same_splits(tmp_path):
         _import(dataset, archive)
         splits.append(sorted(Image.objects.filter(dataset=dataset).values_list("sha256", "split")))
     assert splits[0] == splits[1]
+
+
+@pytest.mark.django_db
+def test_more_files_than_django_parses_is_a_json_413(admin_user, settings):
+    from rest_framework.test import APIClient
+
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 3  # 100 by default
+    dataset = dataset_create(name="many")
+    api = APIClient()
+    api.force_authenticate(admin_user)
+    files = [SimpleUploadedFile(f"{n}.png", colour_image("red", seed=n)) for n in range(5)]
+    response = api.post("/api/v1/imports/", {"dataset": dataset.pk, "files": files}, format="multipart")
+    assert response.status_code == 413 and response.json() == {"detail": "Too many files: at most 3 per request."}
+    assert not dataset.imports.exists()

@@ -246,6 +246,24 @@ def test_api_refuses_too_many_images_and_names_the_bad_one(api, member, trained_
 
 
 @pytest.mark.django_db
+def test_api_drops_no_file_silently_and_answers_too_many_in_json(api, member, trained_version, settings):
+    api.force_authenticate(member)
+    two = [_upload(f"{n}.png", colour_image("red", seed=n)) for n in range(2)]
+    response = api.post("/api/v1/predict/", {"image": two}, format="multipart")  # two files in "image"
+    assert response.status_code == 400 and response.json()["detail"].startswith('Send one file as "image"')
+    both = {
+        "image": _upload("a.png", colour_image("red", seed=1)),
+        "images": [_upload("b.png", colour_image("red", seed=2))],
+    }
+    assert api.post("/api/v1/predict/", both, format="multipart").status_code == 400
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 3  # Django's own limit (100 by default) refuses while parsing
+    many = [_upload(f"{n}.png", b"x") for n in range(5)]
+    response = api.post("/api/v1/predict/", {"images": many}, format="multipart")
+    assert response.status_code == 413 and response["Content-Type"] == "application/json"
+    assert response.json()["detail"].startswith("Too many images")
+
+
+@pytest.mark.django_db
 def test_api_is_throttled_per_user(api, member, trained_version, settings):
     api.force_authenticate(member)
     settings.PREDICT_THROTTLE_RATE = "2/hour"  # one window for the whole test
