@@ -343,6 +343,9 @@ CELERY_BEAT_SCHEDULE = {
 TRAIN_HEARTBEAT_INTERVAL = env.float("TRAIN_HEARTBEAT_INTERVAL", default=10.0)
 TRAIN_HEARTBEAT_TIMEOUT = env.float("TRAIN_HEARTBEAT_TIMEOUT", default=120.0)
 TRAIN_MAX_ATTEMPTS = env.int("TRAIN_MAX_ATTEMPTS", default=3)
+# A queued job no worker has taken this long after its message was sent may have lost
+# it (a purged queue, a broker restored from an old state): the reaper sends it again.
+TRAIN_REPUBLISH_SECONDS = env.int("TRAIN_REPUBLISH_SECONDS", default=900)
 # Worker-local: per-epoch checkpoints and the decoded-image cache shared by jobs.
 TRAIN_WORK_DIR = Path(env.str("TRAIN_WORK_DIR", default=str(VAR_DIR / "training")))
 # Keras' cache of pretrained weights; read once when Keras is imported, so set here.

@@ -55,3 +55,29 @@ def test_scoring_runs_and_suggestions_survive_the_move_to_serving(latest_afterwa
     with connection.cursor() as cursor:  # the same table, not a copy
         cursor.execute("SELECT COUNT(*) FROM trainer_scoringrun")
         assert cursor.fetchone() == (1,)
+
+
+def test_serving_per_dataset_keeps_each_live_version_and_stamps_queued_jobs(latest_afterwards: None) -> None:
+    """From the release with one promoted version for the site: it stays live (now its
+    dataset's), a second dataset may then have its own, and jobs already queued get
+    the time their message went out."""
+    old = _migrate([("trainer", "0007_run_status_and_plain_suggestion")])
+    dataset = old.get_model("datasets", "Dataset").objects.create(name="d")
+    other = old.get_model("datasets", "Dataset").objects.create(name="e")
+    jobs = old.get_model("trainer", "TrainingJob").objects
+    queued, done = jobs.create(dataset=dataset, config={}), jobs.create(dataset=dataset, config={}, status="succeeded")
+    version = old.get_model("trainer", "ModelVersion").objects.create(
+        job=done, dataset=dataset, file="m.keras", sha256="0" * 64, arch="baseline", image_size=32, classes=["a"],
+        is_promoted=True,
+    )  # fmt: skip
+
+    new = _migrate([("trainer", "0010_job_published_at")])
+    versions = new.get_model("trainer", "ModelVersion").objects
+    assert list(versions.filter(is_promoted=True).values_list("pk", flat=True)) == [version.pk]
+    second = new.get_model("trainer", "TrainingJob").objects.create(dataset_id=other.pk, config={}, status="succeeded")
+    versions.create(job=second, dataset_id=other.pk, file="n.keras", sha256="1" * 64, arch="baseline", image_size=32,
+                    classes=["a"], is_promoted=True)  # fmt: skip  # another dataset: allowed now
+    assert versions.filter(is_promoted=True).count() == 2
+    stamped = new.get_model("trainer", "TrainingJob").objects
+    assert stamped.get(pk=queued.pk).published_at == stamped.get(pk=queued.pk).created_at
+    assert stamped.get(pk=done.pk).published_at is None

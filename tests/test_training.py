@@ -185,6 +185,30 @@ def test_reaper_requeues_a_job_whose_worker_died_and_publishes_it(
 
 
 @pytest.mark.django_db
+def test_reaper_sends_again_a_queued_job_whose_message_was_lost(
+    colour_dataset, monkeypatch, settings, django_capture_on_commit_callbacks
+):
+    published = []
+    monkeypatch.setattr("classifier_site.runs.publish", lambda task, *args: published.append(args) and None)
+    with django_capture_on_commit_callbacks(execute=True):
+        lost = training_job_start(dataset=colour_dataset, config=TrainConfig.from_dict({"arch": "baseline"}))
+        waiting = training_job_start(dataset=colour_dataset, config=TrainConfig.from_dict({"arch": "baseline"}))
+    assert published == [(lost.pk,), (waiting.pk,)]  # sent when they were made, and stamped
+    assert TrainingJob.objects.filter(published_at__isnull=True).count() == 0
+    long_ago = timezone.now() - timedelta(seconds=settings.TRAIN_REPUBLISH_SECONDS + 60)
+    TrainingJob.objects.filter(pk=lost.pk).update(published_at=long_ago)
+    with django_capture_on_commit_callbacks(execute=True):
+        reaped = training_jobs_reap()
+    assert reaped.republished == [lost.pk] and published[-1] == (lost.pk,) and len(published) == 3
+    lost.refresh_from_db()
+    assert lost.status == RunStatus.QUEUED and timezone.now() - lost.published_at < timedelta(seconds=30)
+    assert "Sent to the queue again: no worker took it in 16 minutes" in lost.events[-1]["message"]
+    with django_capture_on_commit_callbacks(execute=True):
+        assert training_jobs_reap().republished == []  # just sent: not again at the next tick
+    assert len(published) == 3
+
+
+@pytest.mark.django_db
 def test_reaper_fails_a_job_after_the_last_attempt_and_cancels_a_cancelled_one(colour_dataset, settings):
     settings.TRAIN_MAX_ATTEMPTS = 3
     exhausted = _running_job(colour_dataset, attempts=3)

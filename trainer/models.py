@@ -43,6 +43,9 @@ class TrainingJob(models.Model):
     # The client's idempotency key (the train form's hidden field, the API's Idempotency-Key
     # header): a second request with the same key from the same user gets this job back.
     request_key = models.CharField(max_length=64, blank=True, default="")
+    # When its queue message was last sent: a job queued far longer than that lost it
+    # (a purged queue, a broker restored from an old state) and the reaper sends it again.
+    published_at = models.DateTimeField(null=True, blank=True)
     replayed = False  # not a column: training_job_start sets it on a job it found by its key
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

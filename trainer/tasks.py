@@ -24,9 +24,11 @@ def export_model(export_id: int) -> None:
 
 @shared_task(name="trainer.tasks.reap_stale_jobs", ignore_result=True)
 def reap_stale_jobs() -> None:
-    """Periodic (celery beat): re-queue or fail jobs whose worker died."""
+    """Periodic (celery beat): re-queue or fail jobs whose worker died, and send again
+    the messages of jobs queued for longer than TRAIN_REPUBLISH_SECONDS."""
     reaped = training_jobs_reap()
-    if reaped.requeued or reaped.failed or reaped.cancelled:
+    if reaped.requeued or reaped.failed or reaped.cancelled or reaped.republished:
         logger.warning(
-            "reaper: re-queued %s, failed %s, cancelled %s", reaped.requeued, reaped.failed, reaped.cancelled
-        )
+            "reaper: re-queued %s, failed %s, cancelled %s, sent again %s",
+            reaped.requeued, reaped.failed, reaped.cancelled, reaped.republished,
+        )  # fmt: skip

@@ -12,7 +12,7 @@ import socket
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -102,7 +102,9 @@ def _event(message: str) -> dict[str, str]:
 
 
 def _enqueue(job: TrainingJob) -> None:
-    if not RUNS.publish(job.pk):
+    if RUNS.publish(job.pk):
+        TrainingJob.objects.filter(pk=job.pk, status=RunStatus.QUEUED).update(published_at=timezone.now())
+    else:
         job.refresh_from_db()
 
 
@@ -439,6 +441,7 @@ class Reaped:
     requeued: list[int]
     failed: list[int]
     cancelled: list[int]
+    republished: list[int] = field(default_factory=list)
 
 
 def training_jobs_reap(*, now: datetime | None = None) -> Reaped:
@@ -463,4 +466,24 @@ def training_jobs_reap(*, now: datetime | None = None) -> Reaped:
             _log(job.pk, job.attempts, f"Re-queued: {silent}.")
             reaped.requeued.append(job.pk)
             transaction.on_commit(partial(_enqueue, job))
+    reaped.republished = _republish_lost(now)
     return reaped
+
+
+def _republish_lost(now: datetime) -> list[int]:
+    """Queued jobs whose message went out TRAIN_REPUBLISH_SECONDS ago and was never
+    claimed: the message may be lost, so send it again. A job that is only waiting
+    behind others gets a duplicate, which its claim (compare-and-set) makes harmless."""
+    before = now - timedelta(seconds=settings.TRAIN_REPUBLISH_SECONDS)
+    waiting = TrainingJob.objects.filter(status=RunStatus.QUEUED, published_at__lt=before)
+    republished = []
+    for job in waiting.only("pk", "attempts", "published_at"):
+        # Conditional on the stamp it was read with: two reapers send one message, not two.
+        if TrainingJob.objects.filter(pk=job.pk, status=RunStatus.QUEUED, published_at=job.published_at).update(
+            published_at=now
+        ):
+            minutes = (now - (job.published_at or now)).total_seconds() / 60
+            _log(job.pk, job.attempts, f"Sent to the queue again: no worker took it in {minutes:.0f} minutes.")
+            republished.append(job.pk)
+            transaction.on_commit(partial(_enqueue, job))
+    return republished
