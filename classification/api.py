@@ -27,7 +27,7 @@ from rest_framework.views import APIView
 
 from classification.predictor import NotServed, Prediction, get_predictor
 from classifier_site.uploads import too_large
-from datasets.imaging import ImageRejected, VectorImageRejected, decode_image
+from datasets.imaging import ImageRejected, TooManyPixels, VectorImageRejected, decode_image
 from datasets.selectors import dataset_find
 from trainer.models import ModelVersion
 from trainer.registry.files import NoModelAvailable
@@ -199,7 +199,10 @@ _RESPONSES = {
     400: _error("Corrupt or unsupported image, no image, or a bad top_k", "b.png: not a usable image: not an image."),
     401: _error("Not signed in", "Authentication credentials were not provided."),
     404: _error("No such dataset", "No dataset 'flowers'."),
-    413: _error("Request too large or too many images", "Too many images: at most 16 per request."),
+    413: _error(
+        "Request too large, too many images, or too many pixels in all",
+        "Too many images: at most 16 per request.",
+    ),
     415: _error("SVG image", "logo.svg: SVG is not supported: send a PNG, JPEG, GIF, BMP, WebP or TIFF image."),
     429: _error("Throttled", "Request was throttled. Expected available in 3 seconds."),
     503: _error(
@@ -257,6 +260,8 @@ class PredictView(APIView):
         images = [upload.read() for upload in uploads]
         try:
             results = get_predictor().predict_many(images, dataset=dataset, top_k=top_k)
+        except TooManyPixels as exc:
+            return _detail(str(exc), 413)
         except ImageRejected:
             return _rejected(uploads, images)
         except NotServed as exc:

@@ -28,7 +28,7 @@ import numpy as np
 from django.conf import settings
 from django.db import connection
 
-from datasets.imaging import load_array
+from datasets.imaging import check_total_pixels, load_array
 from trainer.ml.runtimes import Runtime, checked_onnx_runtime, configure_tensorflow_threads, fastest_runtime
 from trainer.models import ModelVersion
 from trainer.registry.files import NoModelAvailable, local_model_file, local_serving_files, model_version_samples
@@ -113,8 +113,10 @@ class Predictor:
         self, images: Sequence[bytes], *, dataset: int | str | None = None, top_k: int = 5
     ) -> list[Prediction]:
         """One batched model call for all `images` with `dataset`'s live model (an id or
-        a name; None: the site's default). Raises ImageRejected (naming no index:
-        callers decode one by one for that) before the model is touched."""
+        a name; None: the site's default). Raises TooManyPixels (their headers hold more
+        than PREDICT_MAX_REQUEST_PIXELS) or ImageRejected (naming no index: callers
+        decode one by one for that) before the model is touched."""
+        check_total_pixels(images, settings.PREDICT_MAX_REQUEST_PIXELS)
         loaded = self.current(dataset)
         size = loaded.version.image_size
         # Decode before the model runs: bad input costs nothing.

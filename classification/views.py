@@ -17,7 +17,7 @@ from classification.forms import CorrectionForm, PredictForm
 from classification.predictor import Prediction, get_predictor
 from classifier_site.permissions import is_admin
 from classifier_site.uploads import limit_upload
-from datasets.imaging import ImageRejected, decode_image
+from datasets.imaging import ImageRejected, TooManyPixels, decode_image
 from datasets.labelling import image_add_correction
 from datasets.selectors import dataset_list
 from trainer.models import ModelVersion
@@ -49,13 +49,15 @@ def _predict_page(request: HttpRequest) -> HttpResponse:
     chosen = _chosen(request, live)
     form = PredictForm(request.POST or None, request.FILES or None, live=live, initial={"dataset": chosen})
     results: list[PageResult] = []
+    status: int | None = None
     if request.method == "POST" and form.is_valid():
         chosen = form.cleaned_data["dataset"] or chosen
         request.session[CHOSEN_KEY] = chosen
         try:
             results = _classify([(f.name, f.read()) for f in form.cleaned_data["images"]], chosen)
-        except NoModelAvailable as exc:
+        except (NoModelAvailable, TooManyPixels) as exc:
             form.add_error(None, str(exc))
+            status = 413 if isinstance(exc, TooManyPixels) else None
     admin = is_admin(request.user)
     context = {
         "form": form,
@@ -67,7 +69,7 @@ def _predict_page(request: HttpRequest) -> HttpResponse:
         "max_images": settings.PREDICT_MAX_IMAGES,
     }
     failed = form.errors or (results and all(r.error for r in results))
-    return render(request, "classification/predict.html", context, status=400 if failed else 200)
+    return render(request, "classification/predict.html", context, status=status or (400 if failed else 200))
 
 
 def _chosen(request: HttpRequest, live: list[ModelVersion]) -> int | None:

@@ -211,6 +211,10 @@ PREDICT_MAX_UPLOAD_BYTES = env.int("PREDICT_MAX_UPLOAD_BYTES", default=10 * 1024
 
 # Images one prediction request may carry (API and page); more get 413.
 PREDICT_MAX_IMAGES = env.int("PREDICT_MAX_IMAGES", default=16)
+# Pixels all the images of one prediction request may hold (read from their headers
+# before any is decoded); more get 413. Each image alone is bounded by MAX_IMAGE_PIXELS,
+# but 16 images of 40 megapixels each cost seconds of CPU: 100 MP is eight 12 MP photos.
+PREDICT_MAX_REQUEST_PIXELS = env.int("PREDICT_MAX_REQUEST_PIXELS", default=100_000_000)
 # Let anonymous clients call the predict API and page (throttled per IP address).
 PREDICT_ALLOW_ANONYMOUS = env_bool("PREDICT_ALLOW_ANONYMOUS", False)
 # DRF throttle rates of the predict API: per user, and per IP address for anonymous clients.

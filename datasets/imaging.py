@@ -22,6 +22,7 @@ document rather than pixels, is refused, and that anything else is "not an image
 
 import io
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -169,6 +170,27 @@ def to_array(img: Image.Image, size: int) -> np.ndarray:
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
+
+
+class TooManyPixels(ValueError):
+    """The images of one request hold more pixels in all than it may decode (HTTP 413)."""
+
+
+def check_total_pixels(images: Sequence[bytes], limit: int) -> None:
+    """Refuse, from the headers alone (no pixel decoded), a batch whose images hold
+    more than `limit` pixels in all: each may be under the per-image limit and the
+    batch still cost seconds of CPU. Unreadable headers count 0: decoding rejects them."""
+    total = 0
+    for data in images:
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                total += img.width * img.height
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+            continue
+    if total > limit:
+        raise TooManyPixels(
+            f"The images hold {total / 1e6:,.1f} megapixels in all; one request may send at most {limit / 1e6:,.1f}."
+        )
 
 
 def load_array(data: bytes, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:

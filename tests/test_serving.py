@@ -501,3 +501,17 @@ def test_a_mistyped_throttle_rate_fails_the_checks_not_each_request(settings):
     settings.PREDICT_THROTTLE_RATE = "lots"
     with pytest.raises(SystemCheckError, match="PREDICT_THROTTLE_RATE='lots' is not a rate"):
         call_command("check")
+
+
+@pytest.mark.django_db
+def test_pixels_are_limited_per_request_not_only_per_image(api, member, member_client, trained_version, settings):
+    api.force_authenticate(member)
+    settings.PREDICT_MAX_REQUEST_PIXELS = 2 * 16 * 16  # two of the 16x16 test images
+    two = [_upload(f"{n}.png", colour_image("red", seed=n)) for n in range(2)]
+    assert api.post("/api/v1/predict/", {"images": two}, format="multipart").status_code == 200
+    three = [_upload(f"{n}.png", colour_image("red", seed=n)) for n in range(3)]
+    response = api.post("/api/v1/predict/", {"images": three}, format="multipart")
+    assert response.status_code == 413 and "megapixels in all" in response.json()["detail"]
+    three = [_upload(f"{n}.png", colour_image("red", seed=n)) for n in range(3)]
+    page = member_client.post("/predict/", {"images": three})
+    assert page.status_code == 413 and "megapixels in all" in page.content.decode()
