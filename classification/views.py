@@ -13,6 +13,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from classification.api import PredictThrottle
 from classification.forms import CorrectionForm, PredictForm
 from classification.predictor import Prediction, get_predictor
 from classifier_site.permissions import is_admin
@@ -40,6 +41,15 @@ class PageResult:
 def predict_view(request: HttpRequest) -> HttpResponse:
     if not (request.user.is_authenticated or settings.PREDICT_ALLOW_ANONYMOUS):
         return redirect_to_login(request.get_full_path())
+    if request.method == "POST":  # the API's throttle and counters: one budget per user, page or API
+        throttle = PredictThrottle()
+        if not throttle.allow_request(request, None):  # type: ignore[arg-type]
+            wait = int(throttle.wait() + 0.999)
+            page = render(
+                request, "refused.html", {"message": f"Too many predictions: try again in {wait} s."}, status=429
+            )
+            page["Retry-After"] = str(wait)
+            return page
     return _predict_page(request)
 
 

@@ -277,6 +277,21 @@ def test_api_is_throttled_per_user(api, member, trained_version, settings):
     _forget_throttle(member.pk, 3600)
 
 
+@pytest.mark.django_db
+def test_the_page_shares_the_apis_throttle(api, member, member_client, trained_version, settings):
+    api.force_authenticate(member)
+    settings.PREDICT_THROTTLE_RATE = "2/hour"
+    _forget_throttle(member.pk, 3600)
+    assert _post(api, 1).status_code == 200  # one by the API...
+    page = member_client.post("/predict/", {"images": [_upload("a.png", colour_image("red", seed=2))]})
+    assert page.status_code == 200  # ...one by the page...
+    page = member_client.post("/predict/", {"images": [_upload("b.png", colour_image("red", seed=3))]})
+    assert page.status_code == 429 and "Too many predictions" in page.content.decode() and int(page["Retry-After"]) > 0
+    assert _post(api, 4).status_code == 429  # ...and the budget is spent for both
+    assert member_client.get("/predict/").status_code == 200  # showing the page costs nothing
+    _forget_throttle(member.pk, 3600)
+
+
 def _forget_throttle(ident: object, duration: int) -> None:
     from classification.api import throttle_key
 
