@@ -305,7 +305,7 @@ def child_reference(model: Path, image: Path, threads: int, calls: int, work: Pa
     samples = np.random.default_rng(0).integers(0, 256, (8, size, size, 3), dtype=np.uint8)
     onnx = work / f"reference-{model.parent.name}-{threads}.onnx"
     choice = fastest_runtime(model, samples, onnx_path=onnx, threads=threads)
-    keras = tensorflow_runtime(model)
+    keras = tensorflow_runtime(model, image_shape=batch.shape[1:])
     for _ in range(30):
         choice.runtime.predict(batch)
         keras.predict(batch)

@@ -197,18 +197,25 @@ class Predictor:
             return loaded
 
     def _reload_in_background(self, dataset_id: int, key: ServedKey) -> None:
+        if not self._may_reload(dataset_id, key):
+            return
+        # Read here, not in the thread (the row as this request's connection sees it),
+        # and outside the lock: requests answering meanwhile take it.
+        version = model_version_serving(dataset_id=dataset_id)
+        if version is None or version.pk != key.version_id:
+            return  # promoted again meanwhile: the next check sees it
         with self._lock:
-            failure = self._failed.get((key.version_id, key.sha256))
-            running = self._loading.get(dataset_id)
-            if (running and running.is_alive()) or (failure and time.monotonic() < failure.retry_at):
-                return
-            # Read here, not in the thread: the row as this request's connection sees it.
-            version = model_version_serving(dataset_id=dataset_id)
-            if version is None or version.pk != key.version_id:
-                return  # promoted again meanwhile: the next check sees it
+            if not self._may_reload(dataset_id, key):
+                return  # another request started it while this one read the row
             thread = threading.Thread(target=self._load, args=(version,), name="model-reload", daemon=True)
             self._loading[dataset_id] = thread
         thread.start()
+
+    def _may_reload(self, dataset_id: int, key: ServedKey) -> bool:
+        """No reload of the dataset running, and the version not waiting out a backoff."""
+        failure = self._failed.get((key.version_id, key.sha256))
+        running = self._loading.get(dataset_id)
+        return not ((running and running.is_alive()) or (failure and time.monotonic() < failure.retry_at))
 
     def _load(self, version: ModelVersion) -> Loaded | None:
         """Load `version` and serve its dataset with it; None (the reason recorded, a

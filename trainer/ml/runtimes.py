@@ -77,20 +77,13 @@ def configure_tensorflow_threads(threads: int) -> None:
     _threads_set = True
 
 
-def tensorflow_runtime(model_path: Path, *, warm_batches: Sequence[int] = (1,)) -> Runtime:
-    """The `.keras` model as a warmed-up concrete `tf.function`."""
-    import tensorflow as tf
+def tensorflow_runtime(model_path: Path, *, image_shape: Sequence[int], warm_batches: Sequence[int] = (1,)) -> Runtime:
+    """The `.keras` model as a warmed-up concrete `tf.function` (trainer.ml.inference's,
+    the one scoring uses), for images of `image_shape` (size, size, 3)."""
+    from trainer.ml.inference import compiled_predict
 
-    from trainer.ml.export import OUTPUT_NAME, input_spec, load_model, serving_function
-
-    model = load_model(model_path)
-    spec = input_spec(model)
-    compiled = tf.function(serving_function(model), input_signature=[spec]).get_concrete_function()
-
-    def predict(batch: np.ndarray) -> np.ndarray:
-        return np.asarray(compiled(tf.constant(batch))[OUTPUT_NAME])
-
-    _warm(predict, spec.shape[1:], warm_batches)
+    predict = compiled_predict(model_path)
+    _warm(predict, tuple(image_shape), warm_batches)
     return Runtime("tensorflow", predict, model_path.stat().st_size, 0.0, 0.0)
 
 
@@ -131,7 +124,7 @@ def fastest_runtime(
     `samples` (uint8 images of the model's size) are within TOLERANCE of Keras'. Keras
     itself is the reference and the fallback, so it is always loaded first. An ONNX
     Runtime that answers like Keras gets its check record written (see module doc)."""
-    keras_runtime = tensorflow_runtime(model_path, warm_batches=warm_batches)
+    keras_runtime = tensorflow_runtime(model_path, image_shape=samples.shape[1:], warm_batches=warm_batches)
     expected = keras_runtime.predict(samples)
     candidates = [_timed(keras_runtime, samples[:1], 0.0)]
     tried = {"tensorflow": _ms(candidates[0].call_seconds)}
