@@ -213,6 +213,8 @@ _RESPONSES = {
 
 
 class PredictView(APIView):
+    upload_limit_setting = "PREDICT_MAX_UPLOAD_BYTES"  # classifier_site.uploads.BodyGate: before the body is read
+    anonymous_upload_setting = "PREDICT_ALLOW_ANONYMOUS"
     parser_classes = [MultiPartParser, FormParser]
     renderer_classes = [JSONRenderer]  # an API of one format: no browsable-API negotiation
     permission_classes = [PredictPermission]

@@ -17,7 +17,7 @@ from classification.api import PredictThrottle
 from classification.forms import CorrectionForm, PredictForm
 from classification.predictor import Prediction, get_predictor
 from classifier_site.permissions import is_admin
-from classifier_site.uploads import limit_upload
+from classifier_site.uploads import anonymous_uploads, limit_upload
 from datasets.imaging import ImageRejected, TooManyPixels, decode_image
 from datasets.labelling import image_add_correction
 from datasets.selectors import dataset_list
@@ -38,6 +38,8 @@ class PageResult:
     data_b64: str = ""  # the image, shown back beside its answer
 
 
+@anonymous_uploads("PREDICT_ALLOW_ANONYMOUS")
+@limit_upload("PREDICT_MAX_UPLOAD_BYTES")
 def predict_view(request: HttpRequest) -> HttpResponse:
     if not (request.user.is_authenticated or settings.PREDICT_ALLOW_ANONYMOUS):
         return redirect_to_login(request.get_full_path())
@@ -53,7 +55,6 @@ def predict_view(request: HttpRequest) -> HttpResponse:
     return _predict_page(request)
 
 
-@limit_upload("PREDICT_MAX_UPLOAD_BYTES")
 def _predict_page(request: HttpRequest) -> HttpResponse:
     live = model_versions_live()
     chosen = _chosen(request, live)

@@ -21,3 +21,14 @@ class Broker(HealthCheck):
                 conn.ensure_connection(max_retries=1, timeout=2)
         except Exception as exc:  # kombu raises transport-specific errors
             raise ServiceUnavailable(f"broker unreachable: {type(exc).__name__}") from exc
+
+
+@dataclasses.dataclass
+class Reaper(HealthCheck):
+    """The reaper (`manage.py reaper`) has finished a pass lately: dead jobs get re-queued."""
+
+    def run(self) -> None:
+        from trainer.jobs.reaper import reaper_silence  # an app's table: read late, as the checks run
+
+        if why := reaper_silence():
+            raise ServiceUnavailable(why)

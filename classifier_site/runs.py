@@ -106,6 +106,12 @@ class Lifecycle:
             return False
         return True
 
+    def resend(self, pk: int) -> str | None:
+        """Send the task again for a run put back in the queue (a re-queue, a hand-back):
+        None when sent, else why not. Unlike `publish`, a broker that is down leaves the
+        run queued, for the caller to send again later."""
+        return publish(self.task(), pk)
+
     def claim(self, pk: int, **fields: Any) -> bool:
         """Compare-and-set: only one worker ever moves a run from queued to running."""
         now = timezone.now()

@@ -104,7 +104,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "classifier_site.errors.RefusalMiddleware",  # a refusal no page caught: 400/409 saying why
+    # Refuses a body by its headers (size, who sends it) before CSRF or a view reads it.
+    "classifier_site.uploads.BodyGate",
+    "classifier_site.errors.RefusalMiddleware",  # a refusal no page caught: 400/409 saying why; database down: 503
 ]
 
 ROOT_URLCONF = "classifier_site.urls"
@@ -202,6 +204,11 @@ MODEL_CACHE_DIR = Path(env.str("MODEL_CACHE_DIR", default=str(VAR_DIR / "model-c
 
 # Uploads larger than this are refused (413) before they are read into memory.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=20 * 1024 * 1024)
+# Bodies are refused from their headers, before anything reads them (classifier_site.uploads):
+# past MAX_BODY_BYTES on a route that takes no uploads (an upload route has its own limit),
+# and past ANONYMOUS_MAX_BODY_BYTES from a client that is not signed in.
+MAX_BODY_BYTES = env.int("MAX_BODY_BYTES", default=DATA_UPLOAD_MAX_MEMORY_SIZE)
+ANONYMOUS_MAX_BODY_BYTES = env.int("ANONYMOUS_MAX_BODY_BYTES", default=64 * 1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = env.int("FILE_UPLOAD_MAX_MEMORY_SIZE", default=5 * 1024 * 1024)
 # Largest single image the site decodes (pixels); larger ones are decompression bombs.
 MAX_IMAGE_PIXELS = env.int("MAX_IMAGE_PIXELS", default=40_000_000)
@@ -244,6 +251,20 @@ PROMOTION_GATE = env_bool("PROMOTION_GATE", True)
 IMPORT_THREADS = env.int("IMPORT_THREADS", default=min(4, os.cpu_count() or 1))
 # Largest dataset upload (an archive or a batch of files); larger requests get 413.
 IMPORT_MAX_UPLOAD_BYTES = env.int("IMPORT_MAX_UPLOAD_BYTES", default=4 * 1024**3)
+# Largest image file in an archive, decompressed: larger ones are skipped unread.
+IMPORT_MAX_IMAGE_BYTES = env.int("IMPORT_MAX_IMAGE_BYTES", default=64 * 1024**2)
+# What an archive may expand to, every decompressed byte counted (skipped members and
+# headers too): beyond it the import fails as a zip bomb. A tar is read twice (listed,
+# then imported), each pass stopped here.
+IMPORT_MAX_EXPANDED_BYTES = env.int("IMPORT_MAX_EXPANDED_BYTES", default=16 * 1024**3)
+# Undecoded image bytes an import holds at once (one batch for the threads): with the
+# two above, what bounds a worker's memory whatever the archive holds.
+IMPORT_BATCH_BYTES = env.int("IMPORT_BATCH_BYTES", default=128 * 1024**2)
+# An import that commits no batch of rows for this long lost its worker: the reaper
+# (`manage.py reaper`) removes what it wrote and re-queues it, up to IMPORT_MAX_ATTEMPTS
+# attempts, then fails it saying why.
+IMPORT_STALE_SECONDS = env.int("IMPORT_STALE_SECONDS", default=120)
+IMPORT_MAX_ATTEMPTS = env.int("IMPORT_MAX_ATTEMPTS", default=3)
 # Uploads beyond FILE_UPLOAD_MAX_MEMORY_SIZE spool to disk here, not in memory.
 FILE_UPLOAD_TEMP_DIR = env.str("FILE_UPLOAD_TEMP_DIR", default="") or None
 
@@ -308,6 +329,10 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "RunStatusEnum": "classifier_site.runs.RunStatus",
     },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "classifier_site.schema.add_common_responses",  # 401/403/503 on every operation
+    ],
 }
 
 # --- Celery -----------------------------------------------------------------------------
@@ -330,14 +355,12 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 CELERY_BROKER_TRANSPORT_OPTIONS = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
-CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
-# `celery beat` (its own process in the Procfile and compose) runs the reaper.
-CELERY_BEAT_SCHEDULE = {
-    "reap-stale-training-jobs": {
-        "task": "trainer.tasks.reap_stale_jobs",
-        "schedule": env.float("TRAIN_REAP_INTERVAL", default=30.0),
-    },
-}
+# The reaper is its own process (`manage.py reaper`, in the Procfile and compose), not a
+# beat schedule: it needs only the database, so a broker outage of any length cannot stop
+# it (beat's messages went through the broker, and beat never recovered from an outage).
+TRAIN_REAP_INTERVAL = env.float("TRAIN_REAP_INTERVAL", default=30.0)
+# /readyz fails when the reaper's last pass is older than this: nothing re-queues dead jobs.
+REAPER_STALE_SECONDS = env.float("REAPER_STALE_SECONDS", default=max(180.0, 4 * TRAIN_REAP_INTERVAL))
 
 # --- Training ---------------------------------------------------------------------------
 
@@ -347,6 +370,15 @@ CELERY_BEAT_SCHEDULE = {
 TRAIN_HEARTBEAT_INTERVAL = env.float("TRAIN_HEARTBEAT_INTERVAL", default=10.0)
 TRAIN_HEARTBEAT_TIMEOUT = env.float("TRAIN_HEARTBEAT_TIMEOUT", default=120.0)
 TRAIN_MAX_ATTEMPTS = env.int("TRAIN_MAX_ATTEMPTS", default=3)
+# A run that has not moved (no batch, no decoded image, no new phase) for the larger of
+# TRAIN_STALL_SECONDS and TRAIN_STALL_FACTOR times its longest wait so far is hung: its
+# attempt is given up (re-queued, or failed after the last) and its process ends.
+TRAIN_STALL_SECONDS = env.float("TRAIN_STALL_SECONDS", default=900.0)
+TRAIN_STALL_FACTOR = env.float("TRAIN_STALL_FACTOR", default=20.0)
+# Each attempt stops (and fails, saying so) after TRAIN_TIME_LIMIT seconds; one that cannot
+# stop is killed by its worker TRAIN_TIME_LIMIT_GRACE seconds later (Celery's hard limit).
+TRAIN_TIME_LIMIT = env.float("TRAIN_TIME_LIMIT", default=48 * 3600.0)
+TRAIN_TIME_LIMIT_GRACE = env.float("TRAIN_TIME_LIMIT_GRACE", default=600.0)
 # A queued job no worker has taken this long after its message was sent may have lost
 # it (a purged queue, a broker restored from an old state): the reaper sends it again.
 TRAIN_REPUBLISH_SECONDS = env.int("TRAIN_REPUBLISH_SECONDS", default=900)

@@ -12,7 +12,12 @@ urlpatterns = [
     path(
         "readyz",
         HealthCheckView.as_view(
-            checks=["health_check.checks.Database", "health_check.checks.Storage", "classifier_site.health.Broker"]
+            checks=[
+                "health_check.checks.Database",
+                "health_check.checks.Storage",
+                "classifier_site.health.Broker",
+                "classifier_site.health.Reaper",
+            ]
         ),
         name="readyz",
     ),
@@ -29,3 +34,6 @@ urlpatterns = [
     path("predict/", include("classification.urls")),
     path("api/v1/", include("classifier_site.api_urls")),
 ]
+
+# A database that is down answers 503 (JSON on the API), not Django's HTML 500 page.
+handler500 = "classifier_site.errors.server_error"

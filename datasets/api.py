@@ -15,6 +15,7 @@ from rest_framework.response import Response
 
 from classifier_site.permissions import admin_user
 from classifier_site.uploads import payload_too_large, too_large
+from datasets.export_api import DatasetExportActions
 from datasets.labelling import LabelConflict, image_label_set, label_delete, label_merge
 from datasets.labelling_api import LabellingActions, conflict_response
 from datasets.models import ChangeSource, Dataset, DatasetImport, Image, Label
@@ -50,8 +51,9 @@ class DatasetSerializer(serializers.ModelSerializer):
 
 
 class DatasetViewSet(
-    LabellingActions, mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
-):
+    LabellingActions, DatasetExportActions, mixins.CreateModelMixin, mixins.ListModelMixin,
+    mixins.RetrieveModelMixin, viewsets.GenericViewSet,
+):  # fmt: skip
     serializer_class = DatasetSerializer
     permission_classes = [permissions.IsAdminUser]
     filterset_fields = ["name"]
@@ -236,6 +238,7 @@ class ImportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
     permission_classes = [permissions.IsAdminUser]
     filterset_fields = ["dataset", "status"]
     parser_classes = [MultiPartParser, FormParser]
+    upload_limit_setting = "IMPORT_MAX_UPLOAD_BYTES"  # classifier_site.uploads.BodyGate: before the body is read
 
     def get_queryset(self) -> QuerySet[DatasetImport]:
         return DatasetImport.objects.all()

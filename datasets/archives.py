@@ -7,18 +7,22 @@ skipped. Whatever threatens the whole import (a zip bomb, a damaged archive)
 raises `ArchiveRefused` instead.
 """
 
+import bz2
 import csv
+import gzip
 import io
+import lzma
 import os
 import pickle
 import struct
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 
@@ -42,8 +46,10 @@ class ArchiveRefused(Exception):
 
 @dataclass(frozen=True)
 class Limits:
-    max_entry_bytes: int = 64 * 2**20  # one image, decompressed
-    max_total_bytes: int = 16 * 2**30  # everything decompressed, counted while streaming
+    max_entry_bytes: int = 64 * 2**20  # one image, decompressed: larger ones are skipped unread
+    # What the archive may expand to, every byte counted (headers, skipped members). A tar is
+    # read twice (to list it, then to import it), each pass stopped at this.
+    max_total_bytes: int = 16 * 2**30
     max_entries: int = 2_000_000
     max_manifest_bytes: int = 64 * 2**20
 
@@ -59,54 +65,99 @@ class Entry:
 
 
 @dataclass
-class Source:
-    format: str
-    total: int | None
-    entries: Iterator[Entry]
+class Budget:
+    """What one import has decompressed. Every byte a reader is handed goes through
+    `count`, whichever code path asked for it, so nothing decompresses outside it."""
 
-
-@dataclass
-class _Budget:
     limits: Limits
-    bytes_read: int = 0
+    decompressed: int = 0  # every pass together: what reading the archive cost
+    this_pass: int = 0  # the current pass over the archive: what it expands to
     entries: int = 0
+
+    def new_pass(self) -> None:
+        self.this_pass = 0
+
+    def count(self, size: int, name: str) -> None:
+        self.decompressed += size
+        self.this_pass += size
+        if self.this_pass > self.limits.max_total_bytes:
+            raise self.exceeded(name)
+
+    def exceeded(self, name: str) -> ArchiveRefused:
+        return ArchiveRefused(
+            f"expands to more than {self.limits.max_total_bytes:,} bytes (stopped at {name}: zip bomb?)"
+        )
 
     def entry(self) -> None:
         self.entries += 1
         if self.entries > self.limits.max_entries:
             raise ArchiveRefused(f"more than {self.limits.max_entries:,} entries")
 
-    def read(self, stream: IO[bytes], name: str) -> bytes | None:
-        """Read one entry, counting real decompressed bytes; None when it is too large."""
-        chunks, size = [], 0
-        while chunk := stream.read(CHUNK):
-            size += len(chunk)
-            self.bytes_read += len(chunk)
-            if self.bytes_read > self.limits.max_total_bytes:
-                raise ArchiveRefused(
-                    f"expands to more than {self.limits.max_total_bytes:,} bytes (stopped at {name}: zip bomb?)"
-                )
-            if size > self.limits.max_entry_bytes:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
+    def too_large(self) -> str:
+        return f"larger than {self.limits.max_entry_bytes:,} bytes uncompressed"
+
+
+class _Metered:
+    """A reader that counts what it hands on against the budget; `where` names the
+    member being read, for the message."""
+
+    def __init__(self, stream: IO[bytes], budget: Budget, where: str) -> None:
+        self.stream, self.budget, self.where = stream, budget, where
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(CHUNK), b""))
+        data = self.stream.read(size)
+        self.budget.count(len(data), self.where)
+        return data
+
+
+def _read_capped(stream: IO[bytes] | _Metered, limit: int) -> bytes | None:
+    """All of a stream in memory, or None (having read at most `limit` + 1 bytes) when it is larger."""
+    chunks, size = [], 0
+    while chunk := stream.read(min(CHUNK, limit + 1 - size)):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@dataclass
+class Source:
+    format: str
+    total: int | None
+    entries: Iterator[Entry]
+    budget: Budget
 
 
 def open_source(path: Path, *, limits: Limits = Limits(), label: str | None = None) -> Source:
-    """Recognise the archive by its bytes (not its name) and return its entries."""
-    if zipfile.is_zipfile(path):
-        return _zip_source(path, limits, label)
-    if _is_tar(path):
-        return _tar_source(path, limits, label)
-    raise ArchiveRefused("not a zip or tar archive")
+    """Recognise the archive by its first bytes (not its name) and return its entries."""
+    budget = Budget(limits)
+    kind = _kind(path)
+    if kind == "zip":
+        return _zip_source(path, budget, label)
+    return _tar_source(path, kind, budget, label)
 
 
-def _is_tar(path: Path) -> bool:
-    try:
-        with tarfile.open(path, "r:*") as tar:
-            return tar.next() is not None
-    except (tarfile.TarError, OSError, EOFError):
-        return False
+# Signatures at the start of the file; a plain tar says "ustar" at 257 (old ones say
+# nothing, and are known by their first header's checksum instead).
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_COMPRESSED_TAR = {b"\x1f\x8b": "gz", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz"}
+_PROBE_BYTES = 512
+
+
+def _kind(path: Path) -> str:
+    """zip, gz, bz2, xz or tar, from a bounded prefix: trial opens read a file of zeros whole."""
+    with path.open("rb") as file:
+        head = file.read(_PROBE_BYTES)
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    kind = next((kind for magic, kind in _COMPRESSED_TAR.items() if head.startswith(magic)), None)
+    if kind or head[257:262] == b"ustar":
+        return kind or "tar"
+    # A zip behind a prefix (a self-extracting one): zipfile reads at most 64 KB at the end.
+    return "zip" if zipfile.is_zipfile(path) else "tar"
 
 
 # --- where an entry goes -----------------------------------------------------------
@@ -163,7 +214,8 @@ def _problem(name: str, suffix: str) -> str | None:
 # --- zip -------------------------------------------------------------------------------
 
 
-def _zip_source(path: Path, limits: Limits, label: str | None) -> Source:
+def _zip_source(path: Path, budget: Budget, label: str | None) -> Source:
+    limits = budget.limits
     try:
         with zipfile.ZipFile(path) as archive:
             infos = [i for i in archive.infolist() if not i.is_dir()]
@@ -177,9 +229,9 @@ def _zip_source(path: Path, limits: Limits, label: str | None) -> Source:
     manifest = _find_manifest(names, strip)
 
     def entries() -> Iterator[Entry]:
-        budget = _Budget(limits)
+        budget.new_pass()
         with zipfile.ZipFile(path) as archive:
-            rows = _manifest_rows(archive.open(manifest), limits) if manifest else None
+            rows = _manifest_rows(_Metered(archive.open(manifest), budget, manifest), limits) if manifest else None
             for info in infos:
                 parts = split_path(info.filename)
                 if _ignored(parts) or info.filename == manifest:
@@ -189,7 +241,7 @@ def _zip_source(path: Path, limits: Limits, label: str | None) -> Source:
             yield from _missing_from_manifest(rows)
 
     fmt = "zip + CSV manifest" if manifest else "zip"
-    return Source(format=fmt, total=len(names) - bool(manifest), entries=entries())
+    return Source(format=fmt, total=len(names) - bool(manifest), entries=entries(), budget=budget)
 
 
 def _check_overlaps(infos: list[zipfile.ZipInfo]) -> None:
@@ -206,7 +258,7 @@ def _zip_entry(
     archive: zipfile.ZipFile,
     info: zipfile.ZipInfo,
     parts: tuple[str, ...],
-    budget: _Budget,
+    budget: Budget,
     label: str | None,
     rows: Manifest | None,
 ) -> Entry:
@@ -221,15 +273,17 @@ def _zip_entry(
     where = _where(parts, label, rows)
     if isinstance(where, str):
         return Entry(name, skip=where)
+    if info.file_size > budget.limits.max_entry_bytes:  # declared: refused unread
+        return Entry(name, skip=budget.too_large())
     try:
         with archive.open(info) as stream:
-            data = budget.read(stream, name)
-    except (zipfile.BadZipFile, EOFError, NotImplementedError, OSError) as exc:
+            data = _read_capped(_Metered(stream, budget, name), budget.limits.max_entry_bytes)  # actual size
+    except (zipfile.BadZipFile, EOFError, NotImplementedError, OSError, zlib.error) as exc:
         return Entry(name, skip=f"damaged archive entry ({exc})")
     except RuntimeError as exc:  # zipfile's word for "password required"
         return Entry(name, skip=f"unreadable entry ({exc})")
     if data is None:
-        return Entry(name, skip=f"larger than {budget.limits.max_entry_bytes:,} bytes uncompressed")
+        return Entry(name, skip=budget.too_large())
     return Entry(name, data=data, label=where[0], split=where[1])
 
 
@@ -250,7 +304,7 @@ def _find_manifest(names: list[str], strip: int) -> str | None:
     return csvs[0] if len(csvs) == 1 else None
 
 
-def _manifest_rows(stream: IO[bytes], limits: Limits) -> Manifest:
+def _manifest_rows(stream: IO[bytes] | _Metered, limits: Limits) -> Manifest:
     """filename -> (class, split) from `filename,label[,split]` (a header row is required)."""
     raw = stream.read(limits.max_manifest_bytes + 1)
     if len(raw) > limits.max_manifest_bytes:
@@ -279,50 +333,120 @@ def _missing_from_manifest(rows: Manifest | None) -> Iterator[Entry]:
 
 
 # --- tar ------------------------------------------------------------------------------------
+#
+# Always read in stream mode, front to back, through a metered reader between the
+# decompressor and tarfile: a seekable tarfile decompresses whatever it skips or looks
+# up by name (`getmembers()`, `extractfile(name)`) where no budget sees it. Knowing the
+# wrapping folder and the manifest needs every name first, so a tar is read twice.
+
+_TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
+_METADATA_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                   tarfile.SOLARIS_XHDTYPE)  # fmt: skip
+MAX_TAR_METADATA = 1 << 20
 
 
-def _tar_source(path: Path, limits: Limits, label: str | None) -> Source:
+class _BoundedTarInfo(tarfile.TarInfo):
+    # tarfile reads a long name or a pax record into memory in one piece, whatever size
+    # its header claims; real ones are a few hundred bytes.
+    def _proc_member(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _METADATA_TYPES and self.size > MAX_TAR_METADATA:
+            raise ArchiveRefused(f"tar metadata record of {self.size:,} bytes (the limit is {MAX_TAR_METADATA:,})")
+        return super()._proc_member(tarfile)  # type: ignore[misc]
+
+
+def _decompressed(raw: IO[bytes], kind: str) -> IO[bytes]:
+    # Stream readers: each decompresses about what it is asked for (gzip reads ahead 128 KB).
+    if kind == "gz":
+        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+    if kind == "bz2":
+        return cast(IO[bytes], bz2.BZ2File(raw))
+    if kind == "xz":
+        return cast(IO[bytes], lzma.LZMAFile(raw, format=lzma.FORMAT_XZ))
+    return raw
+
+
+@contextmanager
+def _tar_members(path: Path, kind: str, budget: Budget) -> Iterator[tuple[tarfile.TarFile, Iterator[tarfile.TarInfo]]]:
+    """One metered pass over a tar: the archive and its members, in order."""
+    budget.new_pass()
+    with path.open("rb") as raw, _decompressed(raw, kind) as plain:
+        meter = _Metered(plain, budget, "the first header")
+        with tarfile.open(fileobj=cast(IO[bytes], meter), mode="r|", tarinfo=_BoundedTarInfo) as tar:
+            yield tar, _headers(tar, meter, budget)
+
+
+def _headers(tar: tarfile.TarFile, meter: _Metered, budget: Budget) -> Iterator[tarfile.TarInfo]:
+    while (member := tar.next()) is not None:
+        # Stream mode keeps every header otherwise, and nothing here looks back: without
+        # this, memory would grow with the number of members.
+        tar.members.clear()  # type: ignore[attr-defined]
+        meter.where = member.name
+        if member.offset_data + member.size > budget.limits.max_total_bytes:  # the header says it: no need to look
+            raise budget.exceeded(member.name)
+        yield member
+
+
+def _tar_source(path: Path, kind: str, budget: Budget, label: str | None) -> Source:
     try:
-        with tarfile.open(path, "r:*") as tar:
-            first = tar.next()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise ArchiveRefused(f"damaged tar archive ({exc})") from exc
-    if first is not None and split_path(first.name)[:1] == (CIFAR_FOLDER,):
-        return Source(format="CIFAR-10 python tarball", total=60_000, entries=_cifar_entries(path, limits))
-    return Source(format="tar", total=None, entries=_tar_entries(path, limits, label))
+        with _tar_members(path, kind, budget) as (_, members):
+            first = next(members, None)
+    except _TAR_ERRORS:
+        first = None  # no tar header where one must be
+    if first is None:
+        raise ArchiveRefused("not a zip or tar archive")
+    if split_path(first.name)[:1] == (CIFAR_FOLDER,):
+        entries = _cifar_entries(path, kind, budget)
+        return Source(format="CIFAR-10 python tarball", total=60_000, entries=entries, budget=budget)
+    return Source(format="tar", total=None, entries=_tar_entries(path, kind, budget, label), budget=budget)
 
 
-def _tar_entries(path: Path, limits: Limits, label: str | None) -> Iterator[Entry]:
-    budget = _Budget(limits)
+def _tar_entries(path: Path, kind: str, budget: Budget, label: str | None) -> Iterator[Entry]:
     try:
-        with tarfile.open(path, "r:*") as tar:
-            members = [m for m in tar.getmembers() if not m.isdir()]
-            names = [m.name for m in members if not _ignored(split_path(m.name))]
-            strip = _common_folder([n for n in names if not _unsafe_path(n)])  # those are skipped anyway
-            manifest = _find_manifest(names, strip)
-            rows = _tar_manifest(tar, manifest, limits) if manifest else None
+        names, tops = _tar_listing(path, kind, budget)
+        strip = _common_folder([n for n in names if not _unsafe_path(n)])  # those are skipped anyway
+        manifest = _find_manifest(names, strip)
+        rows = _tar_manifest(tops[manifest], budget.limits) if manifest else None
+        with _tar_members(path, kind, budget) as (tar, members):
             for member in members:
                 parts = split_path(member.name)
-                if not _ignored(parts) and member.name != manifest:
+                if not member.isdir() and not _ignored(parts) and member.name != manifest:
                     budget.entry()
                     yield _tar_entry(tar, member, parts[strip:], budget, label, rows)
-            yield from _missing_from_manifest(rows)
-    except (tarfile.TarError, EOFError, OSError) as exc:
+        yield from _missing_from_manifest(rows)
+    except _TAR_ERRORS as exc:
         raise ArchiveRefused(f"damaged tar archive ({exc})") from exc
 
 
-def _tar_manifest(tar: tarfile.TarFile, name: str, limits: Limits) -> Manifest:
-    stream = tar.extractfile(name)
-    if stream is None:
+def _tar_listing(path: Path, kind: str, budget: Budget) -> tuple[list[str], dict[str, bytes | None]]:
+    """The names of the files to import, and the content of the first top-level CSV file:
+    the manifest, if there is one, is that file (a file at the top means no wrapping folder)."""
+    names: list[str] = []
+    tops: dict[str, bytes | None] = {}
+    with _tar_members(path, kind, budget) as (tar, members):
+        for member in members:
+            parts = split_path(member.name)
+            if member.isdir() or _ignored(parts):
+                continue
+            names.append(member.name)
+            if len(names) > budget.limits.max_entries:
+                raise ArchiveRefused(f"more than {budget.limits.max_entries:,} entries")
+            if len(parts) == 1 and member.name.lower().endswith(".csv") and not tops:
+                stream = tar.extractfile(member) if member.isfile() else None
+                tops[member.name] = stream.read(budget.limits.max_manifest_bytes + 1) if stream else None
+    return names, tops
+
+
+def _tar_manifest(content: bytes | None, limits: Limits) -> Manifest:
+    if content is None:
         raise ArchiveRefused("the manifest is not a regular file")
-    return _manifest_rows(stream, limits)
+    return _manifest_rows(io.BytesIO(content), limits)
 
 
 def _tar_entry(
     tar: tarfile.TarFile,
     member: tarfile.TarInfo,
     parts: tuple[str, ...],
-    budget: _Budget,
+    budget: Budget,
     label: str | None,
     rows: Manifest | None,
 ) -> Entry:
@@ -337,10 +461,12 @@ def _tar_entry(
     where = _where(parts, label, rows)
     if isinstance(where, str):
         return Entry(name, skip=where)
+    if member.size > budget.limits.max_entry_bytes:  # declared: skipped unread (the stream still meters it)
+        return Entry(name, skip=budget.too_large())
     stream = tar.extractfile(member)
-    data = budget.read(stream, name) if stream else None
+    data = _read_capped(stream, budget.limits.max_entry_bytes) if stream else None
     if data is None:
-        return Entry(name, skip=f"larger than {budget.limits.max_entry_bytes:,} bytes uncompressed")
+        return Entry(name, skip=budget.too_large())
     return Entry(name, data=data, label=where[0], split=where[1])
 
 
@@ -377,32 +503,46 @@ def _unpickle(stream: IO[bytes]) -> dict[bytes, Any]:
 _CIFAR_BATCHES = [(f"data_batch_{i}", "train") for i in range(1, 6)] + [("test_batch", "test")]
 
 
-def _cifar_entries(path: Path, limits: Limits) -> Iterator[Entry]:
-    """60,000 32x32 images as PNG entries; CIFAR's own test batch stays the test split."""
+CIFAR_BATCH_BYTES = 64 * 2**20  # a real batch is 31 MB
+
+
+def _cifar_entries(path: Path, kind: str, budget: Budget) -> Iterator[Entry]:
+    """60,000 32x32 images as PNG entries; CIFAR's own test batch stays the test split.
+    Batches come in the tarball's order (not theirs): a first pass finds the class names."""
+    splits = dict(_CIFAR_BATCHES)
     try:
-        with tarfile.open(path, "r:*") as tar:
-            read = _member_reader(tar, limits)
-            names = [n.decode() for n in _unpickle(read("batches.meta"))[b"label_names"]]
-            for batch, split in _CIFAR_BATCHES:
-                yield from _cifar_batch(batch, _unpickle(read(batch)), names, split)
-    except (tarfile.TarError, EOFError, OSError) as exc:
+        names = [n.decode() for n in _cifar_meta(path, kind, budget)[b"label_names"]]
+        with _tar_members(path, kind, budget) as (tar, members):
+            for member in members:
+                batch = member.name.removeprefix(f"{CIFAR_FOLDER}/")
+                if batch in splits:
+                    yield from _cifar_batch(batch, _unpickle(_cifar_read(tar, member)), names, splits[batch])
+    except _TAR_ERRORS as exc:
         raise ArchiveRefused(f"damaged CIFAR-10 tarball ({exc})") from exc
 
 
-def _member_reader(tar: tarfile.TarFile, limits: Limits) -> Callable[[str], IO[bytes]]:
-    budget = _Budget(Limits(max_entry_bytes=64 * 2**20, max_total_bytes=limits.max_total_bytes))
+def _cifar_meta(path: Path, kind: str, budget: Budget) -> dict[bytes, Any]:
+    """batches.meta, having checked that every batch is there."""
+    meta, seen = None, set()
+    with _tar_members(path, kind, budget) as (tar, members):
+        for member in members:
+            name = member.name.removeprefix(f"{CIFAR_FOLDER}/")
+            seen.add(name)
+            if name == "batches.meta":
+                meta = _unpickle(_cifar_read(tar, member))
+    for name in ["batches.meta", *(batch for batch, _ in _CIFAR_BATCHES)]:
+        if name not in seen:
+            raise ArchiveRefused(f"CIFAR-10 tarball without {name}")
+    assert meta is not None
+    return meta
 
-    def read(name: str) -> IO[bytes]:
-        try:
-            stream = tar.extractfile(f"{CIFAR_FOLDER}/{name}")
-        except KeyError as exc:
-            raise ArchiveRefused(f"CIFAR-10 tarball without {name}") from exc
-        data = budget.read(stream, name) if stream else None
-        if data is None:
-            raise ArchiveRefused(f"CIFAR-10 batch {name} is not a regular file or too large")
-        return io.BytesIO(data)
 
-    return read
+def _cifar_read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    stream = tar.extractfile(member) if member.size <= CIFAR_BATCH_BYTES else None
+    data = _read_capped(stream, CIFAR_BATCH_BYTES) if stream else None
+    if data is None:
+        raise ArchiveRefused(f"CIFAR-10 batch {member.name} is not a regular file or too large")
+    return io.BytesIO(data)
 
 
 def _cifar_batch(batch: str, content: dict[bytes, Any], names: list[str], split: str) -> Iterator[Entry]:

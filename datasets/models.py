@@ -1,9 +1,12 @@
 """Datasets, their classes (labels) and their images."""
 
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 
-from classifier_site.runs import Counted, RunStatus
+from classifier_site.runs import Counted, RunStatus, is_stale
 
 
 class Dataset(models.Model):
@@ -148,6 +151,10 @@ class DatasetImport(Counted, models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    # Stamped with each batch of rows the worker commits: the reaper, which reads only the
+    # database, takes an import silent for IMPORT_STALE_SECONDS as one whose worker died.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)  # claims so far; the reaper stops at IMPORT_MAX_ATTEMPTS
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -155,3 +162,77 @@ class DatasetImport(Counted, models.Model):
 
     def __str__(self) -> str:
         return f"Import {self.pk} of {self.original_name} ({self.status})"
+
+
+class StagedImage(models.Model):
+    """An image an import has stored but not yet published: the import commits these in
+    small batches (so it never holds SQLite's write lock for long) and copies them into
+    `Image` in one short transaction at its end, so users still see all or nothing.
+
+    A row is committed before its files are written, so it is also the list of files to
+    remove when the import dies (`imports_reap`). The label is a name: classes are made
+    only when the import commits.
+    """
+
+    run = models.ForeignKey(DatasetImport, null=True, on_delete=models.CASCADE, related_name="+")
+    attempt = models.PositiveIntegerField(default=0)  # a retry's rows are not a dead attempt's
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="+")
+    file = models.CharField(max_length=300)
+    thumbnail = models.CharField(max_length=300, blank=True)
+    original_name = models.CharField(max_length=300, blank=True)
+    sha256 = models.CharField(max_length=64)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    label_name = models.CharField(max_length=200, blank=True)  # "" is unlabelled
+    split = models.CharField(max_length=5, choices=Split.choices, default=Split.TRAIN)
+    created_at = models.DateTimeField()
+
+    class Meta:
+        # Only imports under way have rows here: the table stays small, lookups by file name too.
+        indexes = [models.Index(fields=["run", "attempt"])]
+
+    def __str__(self) -> str:
+        return f"{self.original_name or self.sha256[:12]} (staged by import {self.run_id})"
+
+
+# Copying a file into the zip takes milliseconds; an export silent for this long lost its worker.
+EXPORT_STALE = timedelta(minutes=10)
+
+
+class DatasetExport(Counted, models.Model):
+    """A dataset written out as a zip (datasets.exports): class folders per split, a CSV
+    manifest, the label history. Built by a worker, kept in storage for download."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="exports")
+    status = models.CharField(max_length=10, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    file = models.FileField(max_length=300, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)  # of the zip
+    file_size = models.PositiveBigIntegerField(default=0)
+    processed = models.PositiveIntegerField(default=0)  # images written
+    total = models.PositiveIntegerField(null=True, blank=True)  # known once a worker starts
+    report = models.JSONField(default=dict)  # images per class and split, unlabelled, label changes
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)  # stamped as images are written
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # Two exports of one dataset at once would write the same zip twice.
+            models.UniqueConstraint(
+                fields=["dataset"],
+                condition=Q(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]),
+                name="one_active_export_per_dataset",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Export {self.pk} of dataset {self.dataset_id} ({self.status})"
+
+    @property
+    def is_stale(self) -> bool:
+        """Running, but nothing written for longer than any file takes: its worker died."""
+        return is_stale(status=self.status, last_sign_of_life=self.heartbeat_at or self.started_at, after=EXPORT_STALE)

@@ -1,6 +1,7 @@
 """Reads of datasets, always on behalf of a user."""
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +11,9 @@ from django.db.models.functions import Coalesce
 from django.http import Http404
 
 from classifier_site.permissions import is_admin
-from datasets.models import Dataset, DatasetImport, Image, Label, Split
+from classifier_site.runs import ACTIVE, RunStatus
+from classifier_site.storage_audit import Reference
+from datasets.models import Dataset, DatasetExport, DatasetImport, Image, Label, Split
 
 
 def is_id(text: str) -> bool:
@@ -134,6 +137,44 @@ def import_get(*, user: AbstractBaseUser | AnonymousUser, pk: int) -> DatasetImp
         return DatasetImport.objects.select_related("dataset").get(pk=pk)
     except DatasetImport.DoesNotExist:
         raise Http404("No such import.") from None
+
+
+@dataclass(frozen=True)
+class ExportState:
+    """A dataset's latest export (any status) and the one to download (the latest finished)."""
+
+    latest: DatasetExport | None
+    ready: DatasetExport | None
+
+    @property
+    def busy(self) -> bool:
+        """Queued or running with a live worker: the page polls until it ends."""
+        latest = self.latest
+        return latest is not None and latest.status in ACTIVE and not latest.is_stale
+
+
+def dataset_export_state(*, user: AbstractBaseUser | AnonymousUser, dataset: Dataset) -> ExportState:
+    if not is_admin(user):
+        return ExportState(None, None)
+    exports = DatasetExport.objects.filter(dataset=dataset)
+    return ExportState(exports.first(), exports.filter(status=RunStatus.SUCCEEDED).first())
+
+
+def dataset_export_ready(*, user: AbstractBaseUser | AnonymousUser, dataset: Dataset) -> DatasetExport:
+    """The latest finished export, to download; 404 until there is one."""
+    ready = dataset_export_state(user=user, dataset=dataset).ready
+    if ready is None:
+        raise Http404(f"No finished export of {dataset.name}: ask for one first.")
+    return ready
+
+
+def dataset_stored_files() -> Iterator[Reference]:
+    """Files of datasets whose rows keep their SHA-256 (verify_storage checks them):
+    every image's file, every finished export's zip."""
+    for pk, name, sha in Image.objects.values_list("pk", "file", "sha256").iterator(chunk_size=2000):
+        yield Reference(name, f"image {pk}", sha)
+    for pk, name, sha in DatasetExport.objects.exclude(file="").values_list("pk", "file", "sha256"):
+        yield Reference(name, f"dataset export {pk}", sha)
 
 
 MIN_IMAGES_PER_CLASS = 20

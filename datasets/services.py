@@ -1,8 +1,10 @@
 """Writes to datasets: creating them, importing images, managing classes.
 
-An import is all or nothing: its rows are written in one transaction and the
-files it stored are deleted again if anything fails, so a failed import can
-simply be retried.
+An import is all or nothing, without holding SQLite's one write lock for its length:
+its rows are committed in small batches to a staging table (`StagedImage`), each batch
+before its files are written, and copied into `Image` in one short transaction at the
+end. If it fails, its staged rows and the files nothing else uses are removed (by the
+import itself, or by `imports_reap` when its worker died), so it can simply be retried.
 """
 
 import hashlib
@@ -18,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -29,7 +31,7 @@ from django.core.cache import cache
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
-from django.db.models import Count
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 from django.utils.text import get_valid_filename
 from PIL import Image as PILImage
@@ -38,12 +40,11 @@ from classifier_site.errors import Conflict, Refused
 from classifier_site.runs import Lifecycle, RunStatus, describe_error
 from datasets.archives import ArchiveRefused, Entry, Limits, encode_png, open_source
 from datasets.imaging import DecodedImage, ImageRejected, decode_image
-from datasets.models import Dataset, DatasetImport, Image, Label, Split
+from datasets.models import Dataset, DatasetImport, Image, Label, Split, StagedImage
 
 logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIZE = 128
-_BATCH = 500
 
 
 @dataclass
@@ -118,20 +119,27 @@ def image_review_set(*, image: Image, needs_review: bool) -> Image:
 # --- writing images -------------------------------------------------------------------------
 
 
-class _ImageWriter:
-    """Adds images to one dataset inside one import, remembering what to undo."""
+class ImportReaped(Exception):
+    """The reaper took this attempt back (its worker looked dead): it stops and leaves the row be."""
 
-    def __init__(self, dataset: Dataset) -> None:
+
+class _ImageWriter:
+    """Adds images to one dataset: stages rows (for an import, a committed batch at a time),
+    writes files once their rows are staged, and publishes all of them in `finish`."""
+
+    def __init__(self, dataset: Dataset, run: DatasetImport | None = None) -> None:
         self.dataset = dataset
+        self.run = run
+        self.attempt = run.attempts if run is not None else 0
         self.report = ImportReport()
         self.known = set(Image.objects.filter(dataset=dataset).values_list("sha256", flat=True))
-        self.existing: Counter[tuple[int | None, str]] = Counter(
-            {(row["label_id"], row["split"]): row["n"] for row in
-             Image.objects.filter(dataset=dataset).values("label_id", "split").annotate(n=Count("id"))}
+        # Keyed by class name, not id: an import makes its classes only as it commits.
+        self.existing: Counter[tuple[str | None, str]] = Counter(
+            {(row["label__name"], row["split"]): row["n"] for row in
+             Image.objects.filter(dataset=dataset).values("label__name", "split").annotate(n=Count("id"))}
         )  # fmt: skip
-        self.labels: dict[str, Label] = {}
-        self.batch: list[tuple[Any, ...]] = []  # rows for _INSERT_COLUMNS
-        self.new: dict[int | None, list[tuple[str, str | None]]] = defaultdict(list)  # (sha, predefined split)
+        self.batch: list[tuple[Any, ...]] = []  # rows for _STAGE_COLUMNS
+        self.new: dict[str | None, list[tuple[str, str | None]]] = defaultdict(list)  # (sha, predefined split)
         self.created_at = connection.ops.adapt_datetimefield_value(timezone.now())
         self.written: set[str] = set()
 
@@ -140,12 +148,21 @@ class _ImageWriter:
         keep every database write in this thread."""
         count = 0
         with ThreadPoolExecutor(max_workers=settings.IMPORT_THREADS) as pool:
-            for chunk in _chunks(entries, 64 * settings.IMPORT_THREADS):
-                for prepared in pool.map(self._prepare, chunk):
-                    self._record(prepared)
+            for chunk in _chunks(entries, 64 * settings.IMPORT_THREADS, settings.IMPORT_BATCH_BYTES):
                 count += len(chunk)
+                self._add_chunk(pool, chunk, count)
+                chunk.clear()  # the next batch's bytes replace these rather than join them
                 if progress:
                     progress(count)
+
+    def _add_chunk(self, pool: ThreadPoolExecutor, chunk: list[Entry], count: int) -> None:
+        # A method of its own so that no local name keeps the chunk's bytes alive after it.
+        files = [file for prepared in pool.map(self._prepare, chunk) for file in self._record(prepared)]
+        # Committed before a file is written: a killed import's staged rows name every file it wrote.
+        self.flush(processed=count)
+        self.written.update(name for name, _ in files)
+        for _ in pool.map(lambda file: _store(*file), files):  # iterated, so that a failure raises here
+            pass
 
     def _prepare(self, entry: Entry) -> "_Prepared":
         """Everything about one entry that needs no database; runs in a worker thread."""
@@ -160,10 +177,12 @@ class _ImageWriter:
         sha = hashlib.sha256(entry.data).hexdigest()
         if sha in self.known:
             return _Prepared(entry, sha=sha, label=label)
-        name = _store(f"datasets/{self.dataset.pk}/{sha[:2]}/{sha}.{decoded.extension}", entry.data)
-        thumb = name if max(decoded.width, decoded.height) <= THUMBNAIL_SIZE else self._thumbnail(decoded, sha)
+        name = f"datasets/{self.dataset.pk}/{sha[:2]}/{sha}.{decoded.extension}"
         size = (decoded.width, decoded.height)
-        return _Prepared(entry, sha=sha, label=label, file=name, thumbnail=thumb, size=size)
+        if max(size) <= THUMBNAIL_SIZE:  # its own thumbnail
+            return _Prepared(entry, sha=sha, label=label, file=name, thumbnail=name, size=size)
+        thumb, small = f"thumbnails/{self.dataset.pk}/{sha[:2]}/{sha}.jpg", _jpeg(decoded)
+        return _Prepared(entry, sha=sha, label=label, file=name, thumbnail=thumb, thumbnail_data=small, size=size)
 
     @staticmethod
     def _decode(entry: Entry) -> DecodedImage:
@@ -175,67 +194,153 @@ class _ImageWriter:
         entry.data, entry.pixels = encode_png(entry.pixels), None
         return DecodedImage(image=image, format="PNG", width=width, height=height)
 
-    def _record(self, prepared: "_Prepared") -> None:
+    def _record(self, prepared: "_Prepared") -> list[tuple[str, bytes]]:
+        """Stage one prepared entry; the (name, bytes) files it needs written."""
         entry = prepared.entry
-        self.written.update(n for n in (prepared.file, prepared.thumbnail) if n)
         if prepared.reason:
             self.report.skipped.append((entry.name, prepared.reason))
-            return
+            return []
         if prepared.sha in self.known:  # already in the dataset, or twice in this upload
             self.report.duplicates += 1
-            return
+            return []
         self.known.add(prepared.sha)
-        label = self._label(prepared.label) if prepared.label else None
         self.batch.append((
-            self.dataset.pk, prepared.file, prepared.thumbnail, entry.name[-300:], prepared.sha,
-            prepared.size[0], prepared.size[1], label.pk if label else None, Split.TRAIN.value, self.created_at,
+            self.run.pk if self.run else None, self.attempt, self.dataset.pk, prepared.file, prepared.thumbnail,
+            entry.name[-300:], prepared.sha, prepared.size[0], prepared.size[1], prepared.label or "",
+            Split.TRAIN.value, self.created_at,
         ))  # fmt: skip
-        self.new[label.pk if label else None].append((prepared.sha, entry.split))
+        self.new[prepared.label].append((prepared.sha, entry.split))
         self.report.imported += 1
-        self.report.per_class[label.name if label else "(unlabelled)"] += 1
-        if len(self.batch) >= _BATCH:
-            self.flush()
+        self.report.per_class[prepared.label or "(unlabelled)"] += 1
+        assert entry.data is not None
+        files = [(prepared.file, entry.data)]
+        return files + ([(prepared.thumbnail, prepared.thumbnail_data)] if prepared.thumbnail_data else [])
 
-    def _thumbnail(self, decoded: DecodedImage, sha: str) -> str:
-        small = decoded.image.copy()
-        small.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-        buffer = io.BytesIO()
-        small.save(buffer, format="JPEG", quality=85)
-        return _store(f"thumbnails/{self.dataset.pk}/{sha[:2]}/{sha}.jpg", buffer.getvalue())
+    def flush(self, processed: int | None = None) -> None:
+        """Stage the batch in one short transaction, with the import's heartbeat."""
+        rows, self.batch = self.batch, []
+        with transaction.atomic():
+            if self.run is not None and not _beat(self.run, processed or 0):
+                raise ImportReaped(f"import {self.run.pk} attempt {self.attempt} was reaped")
+            if rows:
+                _lock_dataset(self.dataset.pk)  # see _remove_unreferenced
+                with connection.cursor() as cursor:
+                    # One prepared INSERT: the ORM's per-row work was a third of an import's time.
+                    cursor.executemany(_STAGE_SQL, rows)
 
-    def _label(self, name: str) -> Label:
-        if name not in self.labels:
-            self.labels[name] = label_get_or_create(dataset=self.dataset, name=name)
-        return self.labels[name]
-
-    def flush(self) -> None:
-        # One prepared INSERT for the batch: the ORM's per-row work was a third of
-        # an import's time, and every row here is built by this class.
-        if self.batch:
-            with connection.cursor() as cursor:
-                cursor.executemany(_INSERT_SQL, self.batch)
-        self.batch = []
+    def staged(self) -> QuerySet[StagedImage]:
+        if self.run is None:  # images_add: rows no other transaction sees
+            return StagedImage.objects.filter(run__isnull=True, dataset=self.dataset)
+        return StagedImage.objects.filter(run=self.run, attempt=self.attempt)
 
     def finish(self) -> None:
-        self.flush()
-        images = Image.objects.filter(dataset=self.dataset)
-        for label_id, items in self.new.items():
-            for split, shas in _assign_splits(self.dataset, items, self.existing, label_id).items():
+        """Publish the staged rows: splits, classes, then `Image` rows (in the caller's transaction)."""
+        # An upload that names validation images (a val/ folder, val rows in its manifest) chose its
+        # splits itself, so its train images stay train: what a dataset export re-imports as it was.
+        train_is_final = any(split == Split.VALIDATION for items in self.new.values() for _, split in items)
+        for name, items in self.new.items():
+            for split, shas in _assign_splits(self.dataset, items, self.existing, name, train_is_final).items():
                 for start in range(0, len(shas), 5000):
-                    images.filter(sha256__in=shas[start : start + 5000]).update(split=split)
+                    self.staged().filter(sha256__in=shas[start : start + 5000]).update(split=split)
+            if name:
+                label_get_or_create(dataset=self.dataset, name=name)
+        run = (self.run.pk, self.attempt) if self.run else None
+        with connection.cursor() as cursor:
+            cursor.execute(*_publish_sql(self.dataset.pk, run))
+        self.staged().delete()
 
-    def undo_files(self) -> None:
-        for name in self.written:
-            default_storage.delete(name)
+    def discard(self) -> None:
+        """After a failure: drop this attempt's staged rows and the files nothing else uses."""
+        if self.run is not None:
+            self.staged().delete()
+        run = (self.run.pk, self.attempt) if self.run else None
+        _remove_unreferenced(self.written, dataset_id=self.dataset.pk, run=run)
 
 
-_INSERT_COLUMNS = ["dataset_id", "file", "thumbnail", "original_name", "sha256", "width", "height", "label_id",
-                   "split", "created_at"]  # fmt: skip
-_INSERT_SQL = "INSERT INTO {} ({}) VALUES ({})".format(
-    connection.ops.quote_name(Image._meta.db_table),
-    ", ".join(connection.ops.quote_name(c) for c in _INSERT_COLUMNS),
-    ", ".join(["%s"] * len(_INSERT_COLUMNS)),
+def _jpeg(decoded: DecodedImage) -> bytes:
+    small = decoded.image.copy()
+    small.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+_STAGE_COLUMNS = ["run_id", "attempt", "dataset_id", "file", "thumbnail", "original_name", "sha256", "width",
+                  "height", "label_name", "split", "created_at"]  # fmt: skip
+_COPIED = ["dataset_id", "file", "thumbnail", "original_name", "sha256", "width", "height", "split", "created_at"]
+_q = connection.ops.quote_name
+_STAGE_SQL = "INSERT INTO {} ({}) VALUES ({})".format(
+    _q(StagedImage._meta.db_table), ", ".join(_q(c) for c in _STAGE_COLUMNS), ", ".join(["%s"] * len(_STAGE_COLUMNS))
 )
+# One statement moves a whole import into `Image`, finding each class by name (made just before).
+_PUBLISH_SQL = (
+    f"INSERT INTO {_q(Image._meta.db_table)} ({', '.join(_q(c) for c in [*_COPIED, 'label_id'])}) "
+    f"SELECT {', '.join('s.' + _q(c) for c in _COPIED)}, l.{_q('id')} FROM {_q(StagedImage._meta.db_table)} s "
+    f"LEFT JOIN {_q(Label._meta.db_table)} l ON l.{_q('dataset_id')} = s.{_q('dataset_id')} "
+    f"AND l.{_q('name')} = s.{_q('label_name')} WHERE s.{_q('dataset_id')} = %s AND {{run}} ORDER BY s.{_q('id')}"
+)
+
+
+def _publish_sql(dataset_id: int, run: tuple[int, int] | None) -> tuple[str, list[int]]:
+    if run is None:
+        return _PUBLISH_SQL.format(run=f"s.{_q('run_id')} IS NULL"), [dataset_id]
+    return _PUBLISH_SQL.format(run=f"s.{_q('run_id')} = %s AND s.{_q('attempt')} = %s"), [dataset_id, *run]
+
+
+def _beat(run: DatasetImport, processed: int) -> bool:
+    """Stamp the import's heartbeat; False when it is no longer this attempt's to run."""
+    mine = DatasetImport.objects.filter(pk=run.pk, status=RunStatus.RUNNING, attempts=run.attempts)
+    return bool(mine.update(heartbeat_at=timezone.now(), processed=processed))
+
+
+def _lock_dataset(dataset_id: int) -> None:
+    # On PostgreSQL, the dataset's row lock orders a batch being staged against the reaper
+    # checking the same file names; on SQLite the one write lock does (no FOR UPDATE there).
+    list(Dataset.objects.select_for_update().filter(pk=dataset_id).values_list("pk", flat=True))
+
+
+def _remove_unreferenced(names: Iterable[str], *, dataset_id: int, run: tuple[int, int] | None) -> int:
+    """Delete the stored files of `names` that no image row (of any dataset) and no staged
+    row of another import or a later attempt names; returns how many there were.
+
+    Files are named by content, so another import may be writing the same name right now:
+    it commits its staged row before writing, under the dataset's lock, which each batch
+    here takes before checking, so a file is either seen as used or written again after."""
+    removed, ordered = 0, sorted(set(names))
+    for start in range(0, len(ordered), 100):  # short transactions: deleting takes a while on S3
+        batch = ordered[start : start + 100]
+        with transaction.atomic():
+            _lock_dataset(dataset_id)
+            for name in sorted(set(batch) - _referenced(batch, run)):
+                if default_storage.exists(name):
+                    default_storage.delete(name)
+                    removed += 1
+                removed += _remove_partials(name)
+    return removed
+
+
+def _remove_partials(name: str) -> int:
+    """A write killed half-way leaves `<name>.<pid>-<thread>.partial` on local storage
+    (classifier_site.storage); remote storage writes whole objects or nothing."""
+    try:
+        path = Path(default_storage.path(name))
+    except NotImplementedError:
+        return 0
+    leftovers = list(path.parent.glob(f"{path.name}.*.partial")) if path.parent.is_dir() else []
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    return len(leftovers)
+
+
+def _referenced(names: list[str], run: tuple[int, int] | None) -> set[str]:
+    staged = StagedImage.objects.all()
+    if run is not None:  # the attempt being discarded and the earlier ones do not count
+        staged = staged.exclude(run_id=run[0], attempt__lte=run[1])
+    used: set[str] = set()
+    for rows in (Image.objects.all(), staged):
+        used.update(rows.filter(file__in=names).values_list("file", flat=True))
+        used.update(rows.filter(thumbnail__in=names).values_list("thumbnail", flat=True))
+    return used
 
 
 @dataclass
@@ -244,8 +349,9 @@ class _Prepared:
     reason: str | None = None  # why it is skipped
     sha: str = ""
     label: str | None = None
-    file: str = ""  # names stored for it, so that a failed import can remove them
+    file: str = ""  # names to store it under, staged before they are written
     thumbnail: str = ""
+    thumbnail_data: bytes | None = None  # None: the image is its own thumbnail
     size: tuple[int, int] = (0, 0)
 
 
@@ -255,36 +361,51 @@ def _store(name: str, data: bytes) -> str:
     return default_storage.save(name, ContentFile(data))
 
 
-def _chunks(entries: Iterator[Entry], size: int) -> Iterator[list[Entry]]:
+def _chunks(entries: Iterator[Entry], size: int, max_bytes: int) -> Iterator[list[Entry]]:
+    """Batches of at most `size` entries holding at most `max_bytes` of undecoded data
+    (or one entry, if it alone is more): what an import holds is bounded by settings."""
     chunk: list[Entry] = []
+    held = 0
     for entry in entries:
+        entry_bytes = _held_bytes(entry)
+        if chunk and held + entry_bytes > max_bytes:
+            yield chunk
+            chunk, held = [], 0
         chunk.append(entry)
+        held += entry_bytes
         if len(chunk) == size:
             yield chunk
-            chunk = []
+            chunk, held = [], 0
     if chunk:
         yield chunk
+
+
+def _held_bytes(entry: Entry) -> int:
+    return len(entry.data) if entry.data is not None else entry.pixels.nbytes if entry.pixels is not None else 0
 
 
 def _assign_splits(
     dataset: Dataset,
     items: list[tuple[str, str | None]],
-    existing: Counter[tuple[int | None, str]],
-    label_id: int | None,
+    existing: Counter[tuple[str | None, str]],
+    label: str | None,
+    train_is_final: bool = False,
 ) -> dict[str, list[str]]:
     """Stratified, seeded val/test assignment (by SHA-256) of one class's new images;
     existing images never move.
 
-    Predefined `val` and `test` are kept; predefined `train` may become `val` (never `test`);
-    the rest are drawn by a seeded hash so that each class ends up with its fractions.
+    Predefined `val` and `test` are kept; predefined `train` may become `val` (never `test`)
+    unless `train_is_final`; the rest are drawn by a seeded hash so that each class ends up
+    with its fractions.
     """
-    total = len(items) + sum(n for (lid, _), n in existing.items() if lid == label_id)
-    have = {s: existing[(label_id, s)] + sum(1 for _, p in items if p == s) for s in (Split.VALIDATION, Split.TEST)}
+    total = len(items) + sum(n for (name, _), n in existing.items() if name == label)
+    have = {s: existing[(label, s)] + sum(1 for _, p in items if p == s) for s in (Split.VALIDATION, Split.TEST)}
     key = lambda item: hashlib.sha256(f"{dataset.split_seed}:{item[0]}".encode()).digest()  # noqa: E731
     free = sorted((i for i in items if i[1] is None), key=key)
     test_need = max(0, round(total * dataset.test_fraction) - have[Split.TEST])
     test, free = free[:test_need], free[test_need:]
-    pool = sorted(free + [i for i in items if i[1] == Split.TRAIN], key=key)
+    movable = [] if train_is_final else [i for i in items if i[1] == Split.TRAIN]
+    pool = sorted(free + movable, key=key)
     val = pool[: max(0, round(total * dataset.val_fraction) - have[Split.VALIDATION])]
     return {
         Split.TEST: [i[0] for i in test] + [i[0] for i in items if i[1] == Split.TEST],
@@ -298,16 +419,36 @@ def images_add(*, dataset: Dataset, items: Iterable[tuple[str, bytes, str | None
     return _write(dataset, entries, progress=None)
 
 
-def _write(dataset: Dataset, entries: Iterator[Entry], progress: Callable[[int], None] | None) -> ImportReport:
-    writer = _ImageWriter(dataset)
+def _write(
+    dataset: Dataset, entries: Iterator[Entry], progress: Callable[[int], None] | None,
+    run: DatasetImport | None = None,
+) -> ImportReport:  # fmt: skip
+    """Add `entries` all or nothing. For an import (`run`) batches commit as they go and
+    the images appear, with the run marked succeeded, in one short transaction at the end;
+    a few images added by hand (`images_add`) take one transaction as they always did."""
+    writer = _ImageWriter(dataset, run)
     try:
-        with transaction.atomic():
+        with transaction.atomic() if run is None else nullcontext():
             writer.add_all(entries, progress)
-            writer.finish()
+            with transaction.atomic():  # the only write that lasts longer than a batch
+                writer.finish()
+                if run is not None:
+                    _succeed(run, writer.report)
     except Exception:
-        writer.undo_files()
+        writer.discard()
         raise
     return writer.report
+
+
+def _succeed(run: DatasetImport, report: ImportReport) -> None:
+    fields = {"report": report.as_dict(), "processed": report.imported}
+    if not RUNS.finish(run.pk, RunStatus.SUCCEEDED, only=_this_attempt(run), **fields):
+        raise ImportReaped(f"import {run.pk} attempt {run.attempts} was reaped")
+
+
+def _this_attempt(run: DatasetImport) -> QuerySet[DatasetImport]:
+    # A worker that lost its run to the reaper must not end the retry now running it.
+    return DatasetImport.objects.filter(pk=run.pk, attempts=run.attempts)
 
 
 # --- imports ------------------------------------------------------------------------------------
@@ -344,6 +485,11 @@ def import_create_from_files(
         return import_create(dataset=dataset, upload=upload, user=user, label=label, enqueue=enqueue)
 
 
+def import_limits() -> Limits:
+    """The archive limits the settings give (IMPORT_MAX_IMAGE_BYTES, IMPORT_MAX_EXPANDED_BYTES)."""
+    return Limits(max_entry_bytes=settings.IMPORT_MAX_IMAGE_BYTES, max_total_bytes=settings.IMPORT_MAX_EXPANDED_BYTES)
+
+
 def import_run(*, import_id: int, limits: Limits | None = None) -> DatasetImport:
     """Claim a queued import and run it to its end (the Celery task calls this)."""
     claimed = RUNS.claim(import_id)
@@ -351,7 +497,7 @@ def import_run(*, import_id: int, limits: Limits | None = None) -> DatasetImport
     if not claimed:
         logger.info("import %s is %s; nothing to do", import_id, record.status)
         return record
-    return _execute(record, lambda: _local_copy(record.source.name or ""), limits or Limits())
+    return _execute(record, lambda: _local_copy(record.source.name or ""), limits or import_limits())
 
 
 def import_local_file(
@@ -360,26 +506,28 @@ def import_local_file(
     """Import a file on this machine now, in this process (the `import_dataset` command)."""
     record = DatasetImport.objects.create(
         dataset=dataset, original_name=path.name[-300:], label=clean_label_name(label) if label else "",
-        created_by=user, status=RunStatus.RUNNING, started_at=timezone.now(),
+        created_by=user, status=RunStatus.RUNNING, started_at=timezone.now(), attempts=1,
     )  # fmt: skip
-    return _execute(record, lambda: nullcontext(path), limits or Limits())
+    return _execute(record, lambda: nullcontext(path), limits or import_limits())
 
 
 def _execute(
     record: DatasetImport, open_path: Callable[[], AbstractContextManager[Path]], limits: Limits
 ) -> DatasetImport:
+    mine = _this_attempt(record)
     try:
         with open_path() as path:
-            report = import_path(record=record, path=path, limits=limits)
+            import_path(record=record, path=path, limits=limits)
+    except ImportReaped:
+        logger.warning("import %s attempt %s was taken back by the reaper; stopping", record.pk, record.attempts)
     except ArchiveRefused as exc:
-        RUNS.finish(record.pk, RunStatus.FAILED, error=str(exc))
+        RUNS.finish(record.pk, RunStatus.FAILED, only=mine, error=str(exc))
     except FileNotFoundError:
-        RUNS.finish(record.pk, RunStatus.FAILED, error="The uploaded file is missing; upload it again.")
+        RUNS.finish(record.pk, RunStatus.FAILED, only=mine, error="The uploaded file is missing; upload it again.")
     except Exception as exc:
         logger.exception("import %s failed", record.pk)
-        RUNS.finish(record.pk, RunStatus.FAILED, error=f"Unexpected error: {describe_error(exc)}")
+        RUNS.finish(record.pk, RunStatus.FAILED, only=mine, error=f"Unexpected error: {describe_error(exc)}")
     else:
-        RUNS.finish(record.pk, RunStatus.SUCCEEDED, report=report.as_dict(), processed=report.imported)
         if record.source:  # imported: the rows and files are the data now
             default_storage.delete(record.source.name or "")
             DatasetImport.objects.filter(pk=record.pk).update(source="")
@@ -387,20 +535,20 @@ def _execute(
     return record
 
 
-STALE_AFTER = timedelta(minutes=2)
+def import_stale_after() -> timedelta:
+    return timedelta(seconds=settings.IMPORT_STALE_SECONDS)
 
 
 def import_is_stale(record: DatasetImport) -> bool:
-    """Running, but its worker has shown no progress for a while: it died."""
-    if record.status != RunStatus.RUNNING or cache.get(import_progress_key(record.pk)) is not None:
-        return False
-    return record.started_at is None or record.started_at < timezone.now() - STALE_AFTER
+    """Running, but its worker has committed nothing for IMPORT_STALE_SECONDS: it died."""
+    last = record.heartbeat_at or record.started_at
+    return record.status == RunStatus.RUNNING and (last is None or last < timezone.now() - import_stale_after())
 
 
 def import_retry(*, record: DatasetImport) -> DatasetImport:
     """Queue a failed import again, or one whose worker died. The rows of a failed or
-    interrupted attempt were never committed, and its files are rewritten with the same
-    names, so a retry leaves nothing twice."""
+    interrupted attempt were only staged (the retry drops them), and its files are
+    rewritten with the same names, so a retry leaves nothing twice."""
     if record.status == RunStatus.SUCCEEDED:
         raise Conflict("This import succeeded; upload the file again to import it again.")
     if record.status == RunStatus.QUEUED or (record.status == RunStatus.RUNNING and not import_is_stale(record)):
@@ -413,14 +561,16 @@ def import_retry(*, record: DatasetImport) -> DatasetImport:
 
 
 def import_path(*, record: DatasetImport, path: Path, limits: Limits) -> ImportReport:
-    """Import a local archive file into the record's dataset, reporting progress."""
+    """Import a local archive file into the record's dataset, reporting progress; the
+    record is marked succeeded in the transaction that makes its images visible."""
     source = open_source(path, limits=limits, label=record.label or None)
     DatasetImport.objects.filter(pk=record.pk).update(format=source.format, total=source.total)
-    return _write(record.dataset, source.entries, progress=_progress_writer(record.pk))
+    _attempts_discard(record.dataset_id, record.pk, up_to=record.attempts - 1)  # a dead one nobody reaped
+    return _write(record.dataset, source.entries, progress=_progress_writer(record.pk), run=record)
 
 
 def _progress_writer(import_id: int) -> Callable[[int], None]:
-    # The import's rows are invisible until it commits, so live progress goes to the cache.
+    # Between batches (which stamp `processed` on the row), live progress goes to the cache.
     last = 0.0
 
     def write(count: int) -> None:
@@ -428,7 +578,7 @@ def _progress_writer(import_id: int) -> Callable[[int], None]:
         now = time.monotonic()
         if now - last >= 0.5:
             # Expires soon after the last write: its absence marks a dead worker.
-            cache.set(import_progress_key(import_id), count, timeout=int(STALE_AFTER.total_seconds()))
+            cache.set(import_progress_key(import_id), count, timeout=settings.IMPORT_STALE_SECONDS)
             last = now
 
     return write
@@ -448,7 +598,63 @@ def _task() -> Task:
     return run_import
 
 
-RUNS = Lifecycle(DatasetImport, _task, on_finish=_forget_progress)
+RUNS = Lifecycle(DatasetImport, _task, claim_fields=lambda: {"attempts": F("attempts") + 1}, on_finish=_forget_progress)
+
+
+# --- the reaper's part ---------------------------------------------------------------------------
+
+
+@dataclass
+class ImportsReaped:
+    requeued: list[int]
+    failed: list[int]
+    files_removed: int = 0  # files of dead attempts that no image used
+
+
+def imports_reap(*, now: datetime | None = None) -> ImportsReaped:
+    """Re-queue the running imports whose worker died (no batch committed for
+    IMPORT_STALE_SECONDS) up to IMPORT_MAX_ATTEMPTS attempts, then fail them saying why;
+    either way first remove the dead attempt's staged rows and the files no image uses.
+    `manage.py reaper` runs it with the training reaper."""
+    before = (now or timezone.now()) - import_stale_after()
+    reaped = ImportsReaped([], [])
+    silent = Q(heartbeat_at__lt=before) | Q(heartbeat_at__isnull=True, started_at__lt=before)
+    dead = DatasetImport.objects.filter(silent, status=RunStatus.RUNNING)
+    for record in dead.only("pk", "dataset_id", "attempts", "heartbeat_at", "started_at", "source"):
+        # Compare-and-set on what was read: a worker that just stamped, or another reaper, wins.
+        still_dead = _this_attempt(record).filter(silent, status=RunStatus.RUNNING)
+        retry = bool(record.source) and record.attempts < settings.IMPORT_MAX_ATTEMPTS
+        if retry and still_dead.update(status=RunStatus.QUEUED, started_at=None, heartbeat_at=None, error=""):
+            reaped.requeued.append(record.pk)
+        elif not retry and RUNS.finish(record.pk, RunStatus.FAILED, only=still_dead, error=_death(record)):
+            reaped.failed.append(record.pk)
+        else:
+            continue
+        cache.delete(import_progress_key(record.pk))
+        reaped.files_removed += _attempts_discard(record.dataset_id, record.pk, up_to=record.attempts)
+        if retry:
+            RUNS.publish(record.pk)  # after the clean-up; a broker that is down fails it, saying so
+    return reaped
+
+
+def _death(record: DatasetImport) -> str:
+    last = record.heartbeat_at or record.started_at
+    since = f"no progress since {last:%Y-%m-%d %H:%M:%S} UTC" if last else "no progress"
+    if not record.source:
+        return f"The import stopped ({since}): its process died. Nothing was imported; run it again."
+    return (
+        f"The worker stopped during attempt {record.attempts} of {settings.IMPORT_MAX_ATTEMPTS} ({since}); "
+        "not retrying. Nothing was imported; retry it once the cause is fixed."
+    )
+
+
+def _attempts_discard(dataset_id: int, run_id: int, *, up_to: int) -> int:
+    """Drop the staged rows of a run's attempts up to `up_to` and the files only they name."""
+    staged = StagedImage.objects.filter(run_id=run_id, attempt__lte=up_to)
+    names = {name for pair in staged.values_list("file", "thumbnail") for name in pair if name}
+    removed = _remove_unreferenced(names, dataset_id=dataset_id, run=(run_id, up_to)) if names else 0
+    staged.delete()
+    return removed
 
 
 @contextmanager

@@ -9,15 +9,20 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
+from classifier_site.errors import Refused
 from classifier_site.permissions import admin_user
 from classifier_site.uploads import limit_upload
+from datasets.exports import dataset_export_request
 from datasets.forms import DatasetForm, LabelMergeForm, LabelRenameForm, UploadForm
 from datasets.imaging import content_type
 from datasets.labelling import label_delete, label_merge
+from datasets.responses import dataset_export_response
 from datasets.selectors import (
     dataset_class_counts,
+    dataset_export_ready,
+    dataset_export_state,
     dataset_get,
     dataset_imports,
     dataset_list,
@@ -78,6 +83,7 @@ def dataset_detail_view(request: HttpRequest, pk: int) -> HttpResponse:
         "warnings": dataset_warnings(counts=counts, unlabelled=unlabelled),
         "labels": dataset.labels.all(),
         "imports": dataset_imports(dataset=dataset)[:10],
+        "export": dataset_export_state(user=request.user, dataset=dataset),
         "page": Paginator(images, GRID_PAGE_SIZE).get_page(request.GET.get("page")),
         "filters": filters,
         "query": urlencode({k: v for k, v in filters.items() if v}),
@@ -89,6 +95,28 @@ def dataset_detail_view(request: HttpRequest, pk: int) -> HttpResponse:
         },
     }
     return render(request, "datasets/detail.html", context)
+
+
+@staff_member_required
+@require_http_methods(["GET", "POST"])
+def dataset_export_view(request: HttpRequest, pk: int) -> HttpResponse:
+    """GET: the dataset page's export card (an htmx partial). POST: ask for an export."""
+    dataset = dataset_get(user=request.user, pk=pk)
+    if request.method == "POST":
+        try:
+            dataset_export_request(dataset=dataset, user=admin_user(request))
+        except Refused as exc:
+            messages.error(request, str(exc))
+        if not request.headers.get("HX-Request"):  # a plain form: back to the dataset page
+            return redirect(reverse("datasets:detail", args=[pk]) + "#export")
+    context = {"dataset": dataset, "export": dataset_export_state(user=request.user, dataset=dataset)}
+    return render(request, "datasets/_export.html", context)
+
+
+@staff_member_required
+def dataset_export_download_view(request: HttpRequest, pk: int) -> FileResponse:
+    dataset = dataset_get(user=request.user, pk=pk)
+    return dataset_export_response(dataset_export_ready(user=request.user, dataset=dataset))
 
 
 @staff_member_required

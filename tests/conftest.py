@@ -35,8 +35,11 @@ XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
 _XDIST_INDEX = int(XDIST_WORKER[2:] or 0) if XDIST_WORKER.startswith("gw") else 0
 # Tests publish to, and workers consume from, a Redis database of their own.
 TEST_BROKER_URL = os.environ.get("TEST_BROKER_URL", f"redis://127.0.0.1:6379/{15 - _XDIST_INDEX % 8}")
-# The worker, beat, browser and live-server tests share processes and ports: one xdist worker runs them in turn.
-SERIAL_FIXTURES = {"celery_worker_process", "celery_worker_with_beat", "live_server", "browser_page"}
+# The worker, reaper, browser and live-server tests share processes and ports: one xdist worker runs them in turn.
+SERIAL_FIXTURES = {
+    "celery_worker_process", "celery_worker_with_reaper", "procfile_workers", "lone_reaper", "live_server",
+    "browser_page", "import_worker",
+}  # fmt: skip
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -60,8 +63,12 @@ def pytest_configure(config: pytest.Config) -> None:
 # INSERT, migrations, query counts), plus a smoke of every app. The SQLite pass runs all.
 DATABASE_DEPENDENT = {
     "tests/test_import.py": "the importer's raw multi-row INSERT, its unique constraint and rollback",
+    "tests/test_import_faults.py": "staged rows, their publishing INSERT ... SELECT and the reaper's clean-up",
     "tests/test_labelling.py": "row locks, optimistic locking, concurrent changes and deadlocks",
     "tests/test_migrations.py": "migrations, forwards from the previous release",
+    "tests/test_request_faults.py::test_with_the_database_down": "the engine's own errors when it is out of reach",
+    "tests/test_job_faults.py::test_the_reaper_": "the reaper's conditional updates, from its own process",
+    "tests/test_job_faults.py::test_a_worker_shutting_down": "hand-back flags",
     "tests/test_settings.py::test_migrations_are_complete": "migrations",
     "tests/test_serving.py::test_concurrent_promotions_leave_exactly_one_promoted": "a partial unique index, raced",
     "tests/test_serving.py::test_rollback_walks_back_through_the_promotions": "promotion history",
@@ -81,6 +88,9 @@ DATABASE_DEPENDENT = {
     "tests/test_workbench.py::test_query_count_does_not_grow_with_the_page": "query counts",
     "tests/test_datasets_web.py::test_retry_refuses_running_and_finished_imports_but_takes_stale_ones": "requeue",
     "tests/test_worker.py::test_upload_train_predict_end_to_end": "a real worker process on the same database",
+    "tests/test_dataset_export.py::test_an_export_imports_into_a_fresh_site": "the importer's raw INSERT, round trip",
+    "tests/test_dataset_export.py::test_an_export_whose_worker_died": "conditional updates, a partial unique index",
+    "tests/test_verify_storage.py::test_a_restored_backup": "the engine's own dump and restore (pg_dump, SQLite)",
 }
 SMOKE = ("tests/test_pages.py", "tests/test_permissions.py", "tests/test_api.py")
 
@@ -253,28 +263,39 @@ def celery_worker_process(
     return _SHARED_WORKER.running(_shared_worker)
 
 
-@pytest.fixture
-def celery_worker_with_beat(transactional_db: None, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A real worker plus a separate `celery beat` process (as the Procfile runs
-    them) sending the reaper every second, and heartbeats short enough to declare
-    a killed run dead in seconds. Beat is its own process, not `worker -B`: a test
-    that kills the worker's children must not take the reaper down with them. The
-    shared worker stops first: it would take this test's jobs off the same queue."""
-    _SHARED_WORKER.stop()
+def fast_reaper_env(tmp_path: Path) -> dict[str, str]:
+    """A child's environment with heartbeats short enough to declare a killed run dead in seconds."""
     env = subprocess_env()
-    env.update(
-        TRAIN_HEARTBEAT_INTERVAL="0.5",
-        TRAIN_HEARTBEAT_TIMEOUT="4",
-        TRAIN_REAP_INTERVAL="1",
-        VAR_DIR=str(tmp_path / "var"),  # beat's schedule file
-    )
+    env.update(TRAIN_HEARTBEAT_INTERVAL="0.5", TRAIN_HEARTBEAT_TIMEOUT="4", VAR_DIR=str(tmp_path / "var"))
+    return env
+
+
+def start_reaper(tmp_path: Path, env: dict[str, str], interval: float = 1.0) -> subprocess.Popen[bytes]:
+    """`manage.py reaper`, as the Procfile runs it, a pass every `interval` seconds."""
+    log_path = tmp_path / "reaper.log"
+    with log_path.open("wb") as log:
+        command = [sys.executable, "manage.py", "reaper", "--interval", str(interval)]
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = log_path  # type: ignore[attr-defined]
+    _wait_for_line(log_path, "reaper: a pass every", proc, timeout=60)
+    return proc
+
+
+@pytest.fixture
+def celery_worker_with_reaper(transactional_db: None, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real worker plus the reaper process (as the Procfile runs them) reaping every
+    second. The reaper is its own process: a test that kills the worker's children must not
+    take the reaper down with them. The shared worker stops first: it would take this
+    test's jobs off the same queue."""
+    _SHARED_WORKER.stop()
+    env = fast_reaper_env(tmp_path)
     worker = _worker(tmp_path, env)
     proc = next(worker)
-    beat = _start(["beat", "-l", "INFO"], tmp_path / "beat.log", env)
+    reaper = start_reaper(tmp_path, env)
     try:
         yield proc
     finally:
-        _stop(beat)
+        _stop(reaper)
         next(worker, None)
 
 

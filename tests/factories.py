@@ -13,7 +13,7 @@ from factory.django import DjangoModelFactory
 
 from classification.models import ScoringRun
 from classifier_site.runs import RunStatus
-from datasets.models import Dataset, DatasetImport, Image, Label, Split
+from datasets.models import Dataset, DatasetExport, DatasetImport, Image, Label, Split
 from tests.images import colour_image
 from trainer.models import Evaluation, ExportFormat, ModelExport, ModelVersion, Prediction, TrainingJob
 
@@ -79,6 +79,23 @@ class DatasetImportFactory(DjangoModelFactory):
     original_name = "photos.zip"
     status = RunStatus.FAILED
     error = "The archive is not a zip or tar file."
+
+
+EMPTY_ZIP = b"PK\x05\x06" + b"\x00" * 18  # a zip with no members
+
+
+class DatasetExportFactory(DjangoModelFactory):
+    """A finished export whose stored file is a real (empty) zip."""
+
+    class Meta:
+        model = DatasetExport
+
+    dataset = factory.SubFactory(DatasetFactory)
+    status = RunStatus.SUCCEEDED
+    file = factory.LazyAttribute(lambda o: stored(f"exports/dataset-{o.dataset.pk}/empty.zip", EMPTY_ZIP))
+    sha256 = hashlib.sha256(EMPTY_ZIP).hexdigest()
+    file_size = len(EMPTY_ZIP)
+    report = factory.LazyFunction(lambda: {"images": 0, "unlabelled": 0, "classes": {}, "label_changes": 0})
 
 
 class TrainingJobFactory(DjangoModelFactory):

@@ -16,33 +16,54 @@ def _compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-def test_compose_has_the_four_services_with_health_checks():
+def test_compose_has_its_services_with_health_checks():
     services = _compose()["services"]
-    assert set(services) == {"web", "worker", "beat", "redis", "postgres"}
+    assert set(services) == {"web", "worker", "worker-default", "reaper", "redis", "postgres"}
     assert all("healthcheck" in s for s in services.values())
     assert set(_compose()["volumes"]) == {"media", "postgres", "redis", "training"}
 
 
-def test_beat_runs_the_reaper_in_compose_and_the_procfile():
-    from django.conf import settings
+def _procfile() -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line)
 
-    assert "celery -A classifier_site beat" in _compose()["services"]["beat"]["command"]
-    procfile = dict(line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line)
-    assert set(procfile) == {"web", "worker", "beat"} and "beat" in procfile["beat"]
-    (entry,) = settings.CELERY_BEAT_SCHEDULE.values()
-    assert entry["task"] == "trainer.tasks.reap_stale_jobs"
+
+def _queues(command: str) -> set[str]:
+    return set(re.search(r"--queues (\S+)", command).group(1).split(","))  # type: ignore[union-attr]
+
+
+def test_short_work_never_shares_a_worker_with_training_in_compose_or_the_procfile():
+    """Issue 16, item 4: an upload waited behind a 10-minute training run, one worker serving both queues."""
+    from classifier_site.celery import app
+
+    compose = {name: service.get("command", "") for name, service in _compose()["services"].items()}
+    for commands in (compose, _procfile()):
+        workers = [c for c in commands.values() if "celery" in c and " worker" in c]
+        assert {frozenset(_queues(c)) for c in workers} == {frozenset({"gpu"}), frozenset({"default"})}, workers
+    # Only training goes to `gpu`; everything else (imports, scoring, exports) to `default`.
+    app.loader.import_default_modules()  # every app's tasks module, as a worker imports them
+    tasks = [name for name in app.tasks if not name.startswith("celery.")]
+    routes = {name: app.amqp.router.route({}, name)["queue"].name for name in tasks}
+    assert {name for name, queue in routes.items() if queue == "gpu"} == {"trainer.tasks.train_job"}, routes
+    assert set(routes.values()) == {"gpu", "default"}
+
+
+def test_the_reaper_is_its_own_process_needing_no_broker_in_compose_and_the_procfile():
+    assert _procfile()["reaper"] == "python manage.py reaper"
+    reaper = _compose()["services"]["reaper"]
+    assert reaper["command"] == "python manage.py reaper" and "redis" not in reaper["depends_on"]
 
 
 def test_worker_reserves_a_gpu_and_consumes_the_gpu_queue():
     worker = _compose()["services"]["worker"]
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
-    assert "--queues gpu" in worker["command"] and "--concurrency 1" in worker["command"]
+    assert "--queues gpu " in worker["command"] and "--concurrency 1" in worker["command"]
+    assert "deploy" not in _compose()["services"]["worker-default"]  # short work needs no GPU
 
 
 def test_web_and_worker_wait_for_their_dependencies_and_share_media():
     services = _compose()["services"]
-    for name in ("web", "worker"):
+    for name in ("web", "worker", "worker-default"):
         depends = services[name]["depends_on"]
         assert depends["postgres"]["condition"] == depends["redis"]["condition"] == "service_healthy"
         assert services[name]["env_file"] == ".env"

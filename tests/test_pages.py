@@ -84,12 +84,17 @@ def test_predict_page_rejects_non_images_with_a_message(member_client, trained_v
     assert response.status_code == 400 and b"not an image" in response.content
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # the checks run in threads: they see committed rows only
 def test_health_endpoints(client):
+    from trainer.jobs.reaper import reaper_pass
+
     assert client.get("/healthz").content == b"ok\n"
+    never = client.get("/readyz", HTTP_ACCEPT="application/json")
+    assert never.status_code == 500 and "the reaper has never run" in never.json()["Reaper()"]
+    reaper_pass()
     ready = client.get("/readyz", HTTP_ACCEPT="application/json")
     assert ready.status_code == 200
-    assert set(ready.json()) == {"Database(alias='default')", "Storage(alias='default')", "Broker()"}
+    assert set(ready.json()) == {"Database(alias='default')", "Storage(alias='default')", "Broker()", "Reaper()"}
 
 
 @pytest.mark.django_db

@@ -20,6 +20,7 @@ from django.urls import URLPattern, URLResolver, get_resolver
 
 from tests.conftest import ROLES
 from tests.factories import (
+    DatasetExportFactory,
     DatasetImportFactory,
     EvaluationFactory,
     ImageFactory,
@@ -66,6 +67,7 @@ def world(roles: dict[str, Client]) -> dict[str, object]:
     version = evaluation.model_version
     dataset = version.dataset
     image = ImageFactory(dataset=dataset)
+    DatasetExportFactory(dataset=dataset)  # its download is a route of the dataset: no id of its own
     return {
         "clients": roles,
         "dataset": dataset.pk,

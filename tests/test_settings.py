@@ -4,7 +4,6 @@ import json
 import secrets
 import subprocess
 import sys
-import time
 
 from tests.conftest import ROOT
 
@@ -116,20 +115,3 @@ def test_manage_py_creates_the_folders_it_writes_to(tmp_path):
     run = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert var.is_dir() and (var / "staticfiles").is_dir()
-
-
-def test_beat_starts_in_a_fresh_var_dir(tmp_path):
-    """beat opens its schedule file before its own start-up signal: the folder must exist by then."""
-    var = tmp_path / "var"
-    env = {"PATH": "/usr/bin:/bin", "VAR_DIR": str(var), "DJANGO_SETTINGS_MODULE": "classifier_site.settings"}
-    beat = subprocess.Popen([sys.executable, "-m", "celery", "-A", "classifier_site", "beat", "-l", "INFO"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not list(var.glob("celerybeat-schedule*")) and beat.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert beat.poll() is None, beat.communicate()[0].decode()[-2000:]
-        assert list(var.glob("celerybeat-schedule*"))
-    finally:
-        beat.terminate()
-        beat.wait(10)

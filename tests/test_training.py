@@ -75,12 +75,12 @@ def test_cancel_queued_job_is_immediate_and_final(colour_dataset):
 
 
 @pytest.mark.django_db
-def test_cancel_requested_while_running_stops_after_an_epoch(colour_dataset, monkeypatch):
+def test_cancel_requested_while_running_stops_at_the_next_progress_write(colour_dataset, monkeypatch):
     job = training_job_start(dataset=colour_dataset, config=TrainConfig(epochs=20), enqueue=False)
     monkeypatch.setattr("trainer.jobs.services.JobReporter.should_stop", lambda self: True)
     training_job_run(job_id=job.pk)
     job.refresh_from_db()
-    assert job.status == RunStatus.CANCELLED and job.epoch == 1
+    assert job.status == RunStatus.CANCELLED and job.epoch == 0 and job.phase == "decoding"
     assert not ModelVersion.objects.exists()
 
 

@@ -46,6 +46,14 @@ class TrainingJob(models.Model):
     # When its queue message was last sent: a job queued far longer than that lost it
     # (a purged queue, a broker restored from an old state) and the reaper sends it again.
     published_at = models.DateTimeField(null=True, blank=True)
+    # The Celery worker (its node name, e.g. gpu0@host) running the current attempt: a worker
+    # told to shut down (SIGTERM) asks exactly its own jobs to hand themselves back.
+    worker = models.CharField(max_length=200, blank=True)
+    # Set by a worker that is shutting down: the job checkpoints and goes back to the queue.
+    handback_requested = models.BooleanField(default=False)
+    # The last time the run moved (a batch, an image decoded, a phase begun). The heartbeat
+    # says the process lives; this says it still gets somewhere.
+    progress_at = models.DateTimeField(null=True, blank=True)
     replayed = False  # not a column: training_job_start sets it on a job it found by its key
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -302,3 +310,15 @@ class Prediction(models.Model):
     @property
     def predicted_name(self) -> str:
         return str(self.evaluation.classes[self.predicted_index])
+
+
+class ReaperPass(models.Model):
+    """When the reaper (`manage.py reaper`) last finished a pass: one row, updated in place.
+    /readyz fails when it is older than REAPER_STALE_SECONDS (the reaper stopped)."""
+
+    host = models.CharField(max_length=200, blank=True)
+    finished_at = models.DateTimeField()
+    summary = models.JSONField(default=dict)  # what the pass did: {"requeued": [ids], ...}
+
+    def __str__(self) -> str:
+        return f"Reaper pass at {self.finished_at:%Y-%m-%d %H:%M:%S}"

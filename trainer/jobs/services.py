@@ -6,12 +6,15 @@ late cancel can never move a job backwards. A finished job's model goes to the r
 
 import importlib.metadata
 import logging
+import os
 import platform
 import shutil
+import signal
 import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -22,7 +25,7 @@ from celery import Task
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import DatabaseError, IntegrityError, connections, transaction
-from django.db.models import F, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from classifier_site.errors import Refused
@@ -30,6 +33,7 @@ from classifier_site.runs import Lifecycle, RunStatus, describe_error
 from datasets.models import Dataset, Split
 from datasets.selectors import dataset_snapshot
 from trainer.ml.config import ConfigError, TrainConfig
+from trainer.ml.reporting import Interrupted
 from trainer.models import TrainingJob
 from trainer.registry.services import model_version_create
 
@@ -108,8 +112,21 @@ def _enqueue(job: TrainingJob) -> None:
         job.refresh_from_db()
 
 
+def _send_again(job_id: int) -> None:
+    """Publish a job the reaper or a hand-back put back in the queue. Unlike a new job's
+    first message, a broker that is down does not fail it: the job stays queued and
+    unstamped, and the reaper's next pass sends it again."""
+    if error := RUNS.resend(job_id):
+        queued = TrainingJob.objects.filter(pk=job_id, status=RunStatus.QUEUED)
+        if queued.filter(published_at__isnull=False).update(published_at=None):  # said once, not every pass
+            _log(job_id, None, f"{error} The reaper sends it again at its next pass.")
+        return
+    TrainingJob.objects.filter(pk=job_id, status=RunStatus.QUEUED).update(published_at=timezone.now())
+
+
 def training_job_cancel(*, job: TrainingJob) -> TrainingJob:
-    """A queued job is cancelled at once; a running one stops after its current epoch."""
+    """A queued job is cancelled at once; a running one stops within about a second
+    (its next progress write), at its current batch."""
     jobs = TrainingJob.objects.filter(pk=job.pk)
     jobs.filter(status=RunStatus.RUNNING).update(cancel_requested=True)
     jobs.filter(status=RunStatus.QUEUED).update(
@@ -119,10 +136,10 @@ def training_job_cancel(*, job: TrainingJob) -> TrainingJob:
     return job
 
 
-def _claim(job_id: int) -> int | None:
+def _claim(job_id: int, worker: str = "") -> int | None:
     """Compare-and-set (runs.Lifecycle.claim): only one worker ever moves a job from
     queued to running. Returns the attempt number this worker now owns, or None."""
-    if not RUNS.claim(job_id):
+    if not RUNS.claim(job_id, worker=worker[:200]):
         return None
     job = TrainingJob.objects.only("attempts", "events").get(pk=job_id)
     _log(job_id, job.attempts, f"Attempt {job.attempts} started on {socket.gethostname()}.")
@@ -157,7 +174,14 @@ def _finished(job_id: int, status: str, fields: dict[str, Any]) -> None:
 
 def _claim_fields() -> dict[str, Any]:
     """A job's own columns in the claiming UPDATE: this host, the next attempt, a fresh step count."""
-    return {"host": socket.gethostname()[:200], "attempts": F("attempts") + 1, "step": 0, "images_per_second": None}
+    return {
+        "host": socket.gethostname()[:200],
+        "attempts": F("attempts") + 1,
+        "step": 0,
+        "images_per_second": None,
+        "handback_requested": False,
+        "progress_at": timezone.now(),
+    }
 
 
 def _task() -> Task:
@@ -169,19 +193,27 @@ def _task() -> Task:
 RUNS = Lifecycle(TrainingJob, _task, heartbeat=True, claim_fields=_claim_fields, on_finish=_finished)
 
 
-def training_job_run(*, job_id: int) -> None:
-    """Run a claimed job to its end. Called by the Celery task in a worker process."""
-    attempt = _claim(job_id)
+def training_job_run(*, job_id: int, worker: str = "", kill_on_stall: bool = False) -> None:
+    """Run a claimed job to its end. Called by the Celery task in a worker process
+    (`worker` is its node name); `kill_on_stall` ends this process when the run stops
+    moving (a hung step), so the worker can take the next job."""
+    attempt = _claim(job_id, worker)
     if attempt is None:
         logger.info("job %s is not queued; nothing to do (duplicate delivery?)", job_id)
         return
     job = TrainingJob.objects.select_related("dataset").get(pk=job_id)
-    with Heartbeat(job_id, attempt):
+    watch = Watch()
+    with Heartbeat(job_id, attempt, watch, on_stall=_kill_this_process if kill_on_stall else None):
         try:
-            _train(job, attempt)
+            _train(job, attempt, watch)
         except Exception as exc:
             logger.exception("job %s failed", job_id)
             _finish(job_id, RunStatus.FAILED, attempt, error=_describe(exc))
+
+
+def _kill_this_process() -> None:
+    # A hung step cannot be interrupted from Python; the worker's pool starts a fresh process.
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _describe(exc: Exception) -> str:
@@ -190,7 +222,7 @@ def _describe(exc: Exception) -> str:
     return describe_error(exc, WeightsMissing, ConfigError)  # those already say what to do
 
 
-def _train(job: TrainingJob, attempt: int) -> None:
+def _train(job: TrainingJob, attempt: int, watch: "Watch") -> None:
     # TensorFlow loads here, in the worker, never in web processes.
     from trainer.ml.device import configure_devices, cpu_has_bf16
     from trainer.ml.train import train
@@ -200,28 +232,57 @@ def _train(job: TrainingJob, attempt: int) -> None:
     requested = _recipe(job, attempt, TrainConfig.from_dict(job.config), on_gpu=on_gpu)
     backbone = _backbone(requested)  # a missing file fails the job now, not after loading the data
     _running(job.pk, attempt).update(device=device[:200], environment=package_versions())
-    reporter = JobReporter(job.pk, attempt, requested.total_epochs, job.history, transfer=backbone is not None)
-    reporter.phase("decoding", 0, len(job.snapshot["images"]))
-    data = _load_data(job, requested.image_size)
-    config = requested.resolve(on_gpu=on_gpu, class_counts=data.class_counts(), cpu_bf16=cpu_has_bf16())
-    _running(job.pk, attempt).update(config=config.to_dict())  # what "run again" repeats
+    reporter = JobReporter(job.pk, attempt, requested.total_epochs, job.history, transfer=backbone is not None,
+                           watch=watch)  # fmt: skip
     try:
+        reporter.phase("decoding", 0, len(job.snapshot["images"]))
+        data = _load_data(job, requested.image_size, progress=partial(reporter.phase, "decoding"))
+        config = requested.resolve(on_gpu=on_gpu, class_counts=data.class_counts(), cpu_bf16=cpu_has_bf16())
+        _running(job.pk, attempt).update(config=config.to_dict())  # what "run again" repeats
         features = _features(job, data, config, backbone, reporter) if backbone else None
-    except Stopped:
-        if not reporter.lost:
-            _finish(job.pk, RunStatus.CANCELLED, attempt, error="Cancelled by a user.")
-        return
-    with tempfile.TemporaryDirectory(prefix=f"job-{job.pk}-") as tmp:
-        result = train(config, data, Path(tmp), reporter, checkpoint_dir=checkpoint_dir(job.pk), on_gpu=on_gpu,
-                       features=features)  # fmt: skip
-        if reporter.lost:
-            logger.warning("job %s: attempt %s no longer owns the job; result dropped", job.pk, attempt)
-            return
-        if result.stopped_early:
-            _finish(job.pk, RunStatus.CANCELLED, attempt, error="Cancelled by a user.")
-            return
-        _log_transfer(job.pk, attempt, result.metrics)
-        _record_success(job, attempt, config, data, result)
+        with tempfile.TemporaryDirectory(prefix=f"job-{job.pk}-") as tmp:
+            result = train(config, data, Path(tmp), reporter, checkpoint_dir=checkpoint_dir(job.pk), on_gpu=on_gpu,
+                           features=features)  # fmt: skip
+            if result.stopped_early:
+                raise Interrupted
+            if reporter.lost:
+                logger.warning("job %s: attempt %s no longer owns the job; result dropped", job.pk, attempt)
+                return
+            _log_transfer(job.pk, attempt, result.metrics)
+            _record_success(job, attempt, config, data, result)
+    except Interrupted:
+        _stopped(job.pk, attempt, reporter)
+
+
+def _stopped(job_id: int, attempt: int, reporter: "JobReporter") -> None:
+    """The run stopped because `reporter.should_stop()` said so; end the attempt by why."""
+    reason = reporter.stop_reason
+    if reason == "lost":
+        logger.warning("job %s: attempt %s no longer owns the job; result dropped", job_id, attempt)
+    elif reason == "handback":
+        _hand_back(job_id, attempt)
+    elif reason == "time limit":
+        limit = _duration(settings.TRAIN_TIME_LIMIT)
+        _finish(job_id, RunStatus.FAILED, attempt,
+                error=f"Stopped: the attempt ran past its time limit of {limit} (TRAIN_TIME_LIMIT).")  # fmt: skip
+    else:
+        _finish(job_id, RunStatus.CANCELLED, attempt, error="Cancelled by a user.")
+
+
+def _hand_back(job_id: int, attempt: int) -> None:
+    """Back to the queue with its checkpoints, for another worker (or this one, restarted)."""
+    with transaction.atomic():  # the status and its reason land together
+        handed = _running(job_id, attempt).update(status=RunStatus.QUEUED, handback_requested=False, worker="")
+        if handed:
+            epoch = TrainingJob.objects.only("epoch").get(pk=job_id).epoch
+            resume = f"after epoch {epoch}" if epoch else "from the start"
+            _log(job_id, attempt, f"Handed back to the queue: its worker is shutting down. It resumes {resume}.")
+    if handed:
+        _send_again(job_id)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds:g} s"
 
 
 def _recipe(job: TrainingJob, attempt: int, requested: TrainConfig, *, on_gpu: bool) -> TrainConfig:
@@ -309,10 +370,10 @@ def _backbone_key(config: TrainConfig) -> str:
     return backbone_key(backbones.get(config.arch))
 
 
-def _load_data(job: TrainingJob, image_size: int) -> Any:
+def _load_data(job: TrainingJob, image_size: int, progress: Any = None) -> Any:
     from trainer.jobs.snapshots import snapshot_arrays
 
-    return snapshot_arrays(job.snapshot, image_size)
+    return snapshot_arrays(job.snapshot, image_size, progress=progress)
 
 
 def checkpoint_dir(job_id: int) -> Path:
@@ -335,13 +396,42 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-class Heartbeat:
-    """A thread that stamps the job's heartbeat every TRAIN_HEARTBEAT_INTERVAL
-    seconds while this process lives, also through long data loading and
-    evaluation; the reaper re-queues jobs whose stamp grows old."""
+class Watch:
+    """When the run last moved (a batch, a decoded image, a phase begun): what the watchdog
+    in the heartbeat thread judges a hung step by. The limit fits the job: never under
+    TRAIN_STALL_SECONDS, and TRAIN_STALL_FACTOR times the longest wait between moves so far."""
 
-    def __init__(self, job_id: int, attempt: int) -> None:
+    def __init__(self) -> None:
+        self.started = self.last = time.monotonic()
+        self.longest = 0.0
+        self.phase = "starting"
+
+    def moved(self, phase: str) -> None:
+        now = time.monotonic()
+        self.longest, self.last, self.phase = max(self.longest, now - self.last), now, phase
+
+    def stalled_for(self) -> float:
+        return time.monotonic() - self.last
+
+    def stall_limit(self) -> float:
+        return max(settings.TRAIN_STALL_SECONDS, settings.TRAIN_STALL_FACTOR * self.longest)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+class Heartbeat:
+    """A thread that stamps the job's heartbeat every TRAIN_HEARTBEAT_INTERVAL seconds while
+    this process lives and the run still moves, also through long data loading and evaluation;
+    the reaper re-queues jobs whose stamp grows old. It is also the watchdog: a run that has
+    not moved for its stall limit (a hung read, a deadlocked step) gives its attempt up with
+    the reason, stops beating, and `on_stall` (in a worker: kill this process) frees the slot."""
+
+    def __init__(
+        self, job_id: int, attempt: int, watch: Watch | None = None, *, on_stall: Callable[[], None] | None = None
+    ) -> None:
         self.job_id, self.attempt = job_id, attempt
+        self.watch, self.on_stall = watch, on_stall
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -361,6 +451,9 @@ class Heartbeat:
     def _beat(self) -> None:
         try:
             while not self._stop.wait(settings.TRAIN_HEARTBEAT_INTERVAL):
+                if self.watch is not None and self.watch.stalled_for() > self.watch.stall_limit():
+                    self._give_up(self.watch)
+                    return
                 try:
                     _running(self.job_id, self.attempt).update(heartbeat_at=timezone.now())
                 except DatabaseError:
@@ -368,16 +461,46 @@ class Heartbeat:
         finally:
             connections.close_all()  # this thread's own connection
 
+    def _give_up(self, watch: Watch) -> None:
+        seconds, limit = watch.stalled_for(), watch.stall_limit()
+        logger.error("job %s: no progress for %.0f s while %s; attempt given up", self.job_id, seconds, watch.phase)
+        why = f"no progress for {seconds:.0f} s while {watch.phase} (a hung step; the limit is {limit:.0f} s)"
+        _end_attempt(self.job_id, self.attempt, why)
+        if self.on_stall is not None:
+            self.on_stall()
 
-class Stopped(Exception):
-    """Raised out of a long phase when the job was cancelled or taken over."""
 
+def _end_attempt(job_id: int, attempt: int, why: str) -> None:
+    """Re-queue (or, after the last attempt, fail) an attempt that can go no further."""
+    if attempt >= settings.TRAIN_MAX_ATTEMPTS:
+        error = f"Failed: {why}, on attempt {attempt} of {settings.TRAIN_MAX_ATTEMPTS}; not retrying."
+        _finish(job_id, RunStatus.FAILED, attempt, error=error)
+        return
+    with transaction.atomic():  # the status and its reason land together
+        requeued = _running(job_id, attempt).update(status=RunStatus.QUEUED, worker="")
+        if requeued:
+            _log(job_id, attempt, f"Re-queued: {why}.")
+    if requeued:
+        _send_again(job_id)
+
+
+def training_jobs_hand_back(*, worker: str) -> int:
+    """A worker is shutting down (SIGTERM): ask its running jobs to checkpoint and go back
+    to the queue. They stop at their next progress write, within about a second."""
+    return TrainingJob.objects.filter(status=RunStatus.RUNNING, worker=worker).update(handback_requested=True)
+
+
+# Set in a worker's training process by its SIGTERM handler (trainer.tasks): the same as
+# handback_requested, for a signal sent to the process itself rather than to the worker.
+SHUTTING_DOWN = threading.Event()
 
 TRANSFER_EPOCH_SHARE = 0.15  # of a transfer job's progress bar: the rest is the feature pass
+STOP_CHECK_SECONDS = 1.0  # how often a run reads its cancel and hand-back flags
 
 
 class JobReporter:
-    """Writes a running job's progress to its row, and reads its cancel flag."""
+    """Writes a running job's progress to its row, and reads why it should stop: a cancel,
+    a hand-back (its worker shuts down), its time limit, or another attempt owning it."""
 
     def __init__(
         self,
@@ -387,33 +510,37 @@ class JobReporter:
         history: list[dict[str, float]] | None = None,
         *,
         transfer: bool = False,
+        watch: Watch | None = None,
     ) -> None:
         self.job_id, self.attempt, self.epochs = job_id, attempt, epochs
         self.history: list[dict[str, float]] = list(history or [])
         self.lost = False  # the reaper gave the job to another attempt
+        self.stop_reason = ""  # why should_stop() said yes: cancel, handback, time limit, lost
         # Transfer jobs spend most of their time in the feature pass; epochs on features take seconds.
         self.share = TRANSFER_EPOCH_SHARE if transfer else 1.0
-        self.last_phase_write = 0.0
+        self.last_phase_write = self.last_check = 0.0
+        self.watch = watch or Watch()
 
     def phase(self, name: str, done: int, total: int) -> None:
         """What the job is doing now (decoding, features, head, fine-tuning, evaluating), at most a write a second."""
         now = time.monotonic()
-        if name == "features" and 0 < done < total and now - self.last_phase_write < 1.0:
+        self.watch.moved(_PHASE_WORDS.get(name, name))
+        if 0 < done < total and now - self.last_phase_write < 1.0:
             return
         self.last_phase_write = now
         fields: dict[str, Any] = {"phase": name, "step": done, "steps": total}
         if name == "features" and total:
             fields["progress"] = (1 - self.share) * done / total
         self._update(**fields)
-        if name == "features" and self.should_stop():
-            raise Stopped  # a cancel takes effect within a second, not after the whole feature pass
+        if self.should_stop():
+            raise Interrupted  # a cancel takes effect within a second, not after the whole phase
 
     def start(self, epoch: int, steps: int) -> None:
         if epoch:
             _log(self.job_id, self.attempt, f"Resumed from the checkpoint after epoch {epoch}.")
         self.history = [h for h in self.history if h.get("epoch", 0) <= epoch]
         phase = {} if self.share < 1 else {"phase": ""}  # from scratch: epochs from here on, not decoding
-        self._update(epoch=epoch, steps=steps, history=self.history, progress=self._progress(epoch), **phase)
+        self._update(epoch=epoch, step=0, steps=steps, history=self.history, progress=self._progress(epoch), **phase)
 
     def batch_end(self, epoch: int, step: int, steps: int, images_per_second: float) -> None:
         progress = self._progress(epoch + step / max(steps, 1))
@@ -427,13 +554,34 @@ class JobReporter:
         return min(1 - self.share + self.share * epochs / self.epochs, 1.0)
 
     def should_stop(self) -> bool:
+        """Read at most once a second (each is a query); a reason once given stays."""
+        now = time.monotonic()
+        if self.stop_reason or now - self.last_check < STOP_CHECK_SECONDS:
+            return bool(self.stop_reason)
+        self.last_check = now
+        self.stop_reason = self._reason()
+        return bool(self.stop_reason)
+
+    def _reason(self) -> str:
         if self.lost:
-            return True
-        return TrainingJob.objects.filter(pk=self.job_id, cancel_requested=True).exists()
+            return "lost"
+        if self.watch.elapsed() > settings.TRAIN_TIME_LIMIT:
+            return "time limit"
+        flags = TrainingJob.objects.filter(pk=self.job_id).values("cancel_requested", "handback_requested").first()
+        if flags is None or flags["cancel_requested"]:
+            return "cancel"
+        return "handback" if flags["handback_requested"] or SHUTTING_DOWN.is_set() else ""
 
     def _update(self, **fields: Any) -> None:
-        if not _running(self.job_id, self.attempt).update(heartbeat_at=timezone.now(), **fields):
+        now = timezone.now()
+        self.watch.moved(self.watch.phase if "phase" not in fields else _PHASE_WORDS.get(fields["phase"], "training"))
+        if not _running(self.job_id, self.attempt).update(heartbeat_at=now, progress_at=now, **fields):
             self.lost = not _running(self.job_id, self.attempt).exists()
+
+
+# What the watchdog's message says a run was doing when it stopped moving.
+_PHASE_WORDS = {"": "training", "decoding": "decoding images", "features": "computing features",
+                "head": "training the head", "fine-tuning": "fine-tuning", "evaluating": "evaluating"}  # fmt: skip
 
 
 @dataclass
@@ -445,19 +593,28 @@ class Reaped:
 
 
 def training_jobs_reap(*, now: datetime | None = None) -> Reaped:
-    """Find running jobs whose heartbeat stopped (their worker died) and re-queue
-    them to resume from their checkpoint, up to TRAIN_MAX_ATTEMPTS attempts; then
-    fail them saying why. A stopped job with a cancel request is cancelled."""
+    """Find running jobs whose heartbeat stopped (their worker died, or was stopped) and
+    re-queue them to resume from their checkpoint, up to TRAIN_MAX_ATTEMPTS attempts; then
+    fail them saying why. A stopped job with a cancel request is cancelled, and one whose
+    attempt outlived the hard time limit is failed (the worker killed it: trying again
+    would only run out again). A broker that is down delays the messages, never the
+    reaping: jobs go back to `queued` and are sent once it answers."""
     now = now or timezone.now()
     stale_before = now - timedelta(seconds=settings.TRAIN_HEARTBEAT_TIMEOUT)
+    hard_limit = timedelta(seconds=settings.TRAIN_TIME_LIMIT + settings.TRAIN_TIME_LIMIT_GRACE)
     reaped = Reaped([], [], [])
     stale = TrainingJob.objects.filter(status=RunStatus.RUNNING, heartbeat_at__lt=stale_before)
-    for job in stale.only("pk", "attempts", "heartbeat_at", "cancel_requested", "host"):
+    for job in stale.only("pk", "attempts", "heartbeat_at", "started_at", "cancel_requested", "host"):
         since = f"{job.heartbeat_at:%Y-%m-%d %H:%M:%S} UTC"
         silent = f"the worker on {job.host or 'an unknown host'} stopped responding (no heartbeat since {since})"
         if job.cancel_requested:
             if _finish(job.pk, RunStatus.CANCELLED, job.attempts, error=f"Cancelled; {silent}."):
                 reaped.cancelled.append(job.pk)
+        elif job.started_at and now - job.started_at > hard_limit:
+            limit = _duration(settings.TRAIN_TIME_LIMIT)
+            error = f"Failed: the attempt ran past its time limit of {limit} (TRAIN_TIME_LIMIT) and was stopped."
+            if _finish(job.pk, RunStatus.FAILED, job.attempts, error=error):
+                reaped.failed.append(job.pk)
         elif job.attempts >= settings.TRAIN_MAX_ATTEMPTS:
             error = f"Failed: {silent} on attempt {job.attempts} of {settings.TRAIN_MAX_ATTEMPTS}; not retrying."
             if _finish(job.pk, RunStatus.FAILED, job.attempts, error=error):
@@ -465,25 +622,32 @@ def training_jobs_reap(*, now: datetime | None = None) -> Reaped:
         elif _running(job.pk, job.attempts).filter(heartbeat_at__lt=stale_before).update(status=RunStatus.QUEUED):
             _log(job.pk, job.attempts, f"Re-queued: {silent}.")
             reaped.requeued.append(job.pk)
-            transaction.on_commit(partial(_enqueue, job))
+            transaction.on_commit(partial(_send_again, job.pk))
     reaped.republished = _republish_lost(now)
     return reaped
 
 
+UNSENT_GRACE = timedelta(seconds=60)  # a job made with enqueue=False is claimed by its maker within this
+
+
 def _republish_lost(now: datetime) -> list[int]:
     """Queued jobs whose message went out TRAIN_REPUBLISH_SECONDS ago and was never
-    claimed: the message may be lost, so send it again. A job that is only waiting
+    claimed: the message may be lost, so send it again; and jobs whose message could not
+    be sent (the broker was down), at every pass until it goes. A job that is only waiting
     behind others gets a duplicate, which its claim (compare-and-set) makes harmless."""
     before = now - timedelta(seconds=settings.TRAIN_REPUBLISH_SECONDS)
-    waiting = TrainingJob.objects.filter(status=RunStatus.QUEUED, published_at__lt=before)
+    waiting = TrainingJob.objects.filter(status=RunStatus.QUEUED).filter(
+        Q(published_at__lt=before) | Q(published_at__isnull=True, created_at__lt=now - UNSENT_GRACE)
+    )
     republished = []
     for job in waiting.only("pk", "attempts", "published_at"):
         # Conditional on the stamp it was read with: two reapers send one message, not two.
         if TrainingJob.objects.filter(pk=job.pk, status=RunStatus.QUEUED, published_at=job.published_at).update(
             published_at=now
         ):
-            minutes = (now - (job.published_at or now)).total_seconds() / 60
-            _log(job.pk, job.attempts, f"Sent to the queue again: no worker took it in {minutes:.0f} minutes.")
+            if job.published_at is not None:
+                minutes = (now - job.published_at).total_seconds() / 60
+                _log(job.pk, job.attempts, f"Sent to the queue again: no worker took it in {minutes:.0f} minutes.")
             republished.append(job.pk)
-            transaction.on_commit(partial(_enqueue, job))
+            transaction.on_commit(partial(_send_again, job.pk))
     return republished

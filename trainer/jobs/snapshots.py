@@ -16,6 +16,7 @@ import shutil
 import statistics
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,13 +39,14 @@ GREYSCALE_SAMPLE = 64  # images decoded to tell greyscale data from colour
 logger = logging.getLogger(__name__)
 
 
-def snapshot_arrays(snapshot: dict[str, Any], image_size: int) -> TrainData:
-    """The snapshot's images by split, resized to `image_size`, from the cache."""
+def snapshot_arrays(snapshot: dict[str, Any], image_size: int, progress: Progress | None = None) -> TrainData:
+    """The snapshot's images by split, resized to `image_size`, from the cache;
+    `progress(done, total)` after each image decoded."""
     entries = snapshot["images"]
     files = dict(Image.objects.filter(pk__in=[e[0] for e in entries]).values_list("pk", "file"))
     folder = cache_folder(snapshot, files, image_size)
     if not (folder / "complete").exists():
-        _decode_into(folder, entries, files, image_size)
+        _decode_into(folder, entries, files, image_size, progress)
     else:
         logger.info("decoded images from the cache: %s", folder)
 
@@ -70,7 +72,9 @@ def cache_folder(snapshot: dict[str, Any], files: dict[int, str], image_size: in
     return Path(settings.TRAIN_WORK_DIR) / "arrays" / f"{digest.hexdigest()[:32]}-{image_size}px-v3"
 
 
-def _decode_into(folder: Path, entries: list[list[Any]], files: dict[int, str], image_size: int) -> None:
+def _decode_into(
+    folder: Path, entries: list[list[Any]], files: dict[int, str], image_size: int, progress: Progress | None
+) -> None:
     """Decode every image once, then publish the folder with one rename, so a
     crash mid-way leaves no half-written cache behind."""
     by_split: dict[str, list[tuple[int, str | None, int]]] = {s.value: [] for s in Split}
@@ -79,8 +83,15 @@ def _decode_into(folder: Path, entries: list[list[Any]], files: dict[int, str], 
     folder.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
+        done = [0, len(entries)]
+
+        def decoded() -> None:
+            done[0] += 1
+            if progress:
+                progress(done[0], done[1])
+
         for split, items in by_split.items():
-            _write_split(building, split, items, image_size)
+            _write_split(building, split, items, image_size, decoded)
         (building / "complete").touch()
         try:
             building.rename(folder)
@@ -90,20 +101,26 @@ def _decode_into(folder: Path, entries: list[list[Any]], files: dict[int, str], 
         shutil.rmtree(building, ignore_errors=True)
 
 
-def _write_split(folder: Path, split: str, items: list[tuple[int, str | None, int]], image_size: int) -> None:
+def _write_split(
+    folder: Path, split: str, items: list[tuple[int, str | None, int]], image_size: int, decoded: Callable[[], None]
+) -> None:
     # Written straight into a memory-mapped file: never the whole split in memory.
     shape = (len(items), image_size, image_size, 3)
     x = np.lib.format.open_memmap(folder / f"{split}_x.npy", mode="w+", dtype=np.uint8, shape=shape)
     labels: list[int] = []
     ids: list[int] = []  # which image each row is: evaluation reports link back to them
     # Pillow and file reads release the GIL: decode on every core, in order.
-    with ThreadPoolExecutor(max_workers=settings.IMPORT_THREADS) as pool:
+    pool = ThreadPoolExecutor(max_workers=settings.IMPORT_THREADS)
+    try:
         arrays = pool.map(functools.partial(_read, image_size=image_size), (name for _, name, _ in items))
         for (pk, _, label), array in zip(items, arrays, strict=True):
+            decoded()  # may raise (a cancel): the images not yet read are dropped, not waited for
             if array is not None:
                 x[len(labels)] = array
                 labels.append(label)
                 ids.append(pk)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     x.flush()
     del x
     if len(labels) < len(items):  # skipped images: shrink the file to the rows written

@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import keras
 import numpy as np
@@ -21,6 +21,7 @@ from trainer.ml.architectures import PixelStats, build_model, with_flip_tta
 from trainer.ml.config import TrainConfig
 from trainer.ml.layers import OneCycle
 from trainer.ml.metrics import SUMMARY_METRICS, rejection_threshold, report
+from trainer.ml.reporting import Interrupted, Reporter
 from trainer.ml.runtimes import prepare_serving
 
 logger = logging.getLogger(__name__)
@@ -29,16 +30,6 @@ logger = logging.getLogger(__name__)
 IN_MEMORY_BYTES = 2 * 1024**3
 MODEL_FILE = "model.keras"
 RUN_FILE = "run.json"
-
-
-class Reporter(Protocol):
-    """What the trainer tells its caller, and asks it, while it runs."""
-
-    def start(self, epoch: int, steps: int) -> None: ...
-    def epoch_end(self, epoch: int, logs: dict[str, float]) -> None: ...
-    def batch_end(self, epoch: int, step: int, steps: int, images_per_second: float) -> None: ...
-    def should_stop(self) -> bool: ...
-    def phase(self, name: str, done: int, total: int) -> None: ...
 
 
 @dataclass
@@ -332,6 +323,9 @@ class _ReporterCallback(keras.callbacks.Callback):
         self.last_report = now
         rate = (batch + 1) * self.batch_size / max(now - self.started, 1e-6)
         self.reporter.batch_end(self.epoch, batch + 1, int(self.params.get("steps") or 0), rate)
+        if self.reporter.should_stop():  # within a second, not at the end of a long epoch
+            self.stopped = True
+            raise Interrupted  # out of fit() before on_epoch_end: the partial epoch is not checkpointed
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self.reporter.epoch_end(epoch, {k: float(v) for k, v in (logs or {}).items()})

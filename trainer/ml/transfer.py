@@ -30,11 +30,11 @@ from trainer.ml.backbones import Backbone, feature_extractor, get
 from trainer.ml.config import TrainConfig
 from trainer.ml.features import Features
 from trainer.ml.metrics import rejection_threshold, report
+from trainer.ml.reporting import Reporter
 from trainer.ml.runtimes import prepare_serving
 from trainer.ml.train import (
     MODEL_FILE,
     RUN_FILE,
-    Reporter,
     TrainData,
     TrainResult,
     _class_weights,

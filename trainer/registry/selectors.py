@@ -10,6 +10,7 @@ from django.http import Http404
 
 from classifier_site.permissions import is_admin
 from classifier_site.runs import RunStatus
+from classifier_site.storage_audit import Reference
 from datasets.selectors import is_id
 from trainer.models import ExportFormat, ModelExport, ModelVersion, Promotion, ServingDefault
 
@@ -156,3 +157,16 @@ class ExportTable:
 def model_export_table(*, user: AbstractBaseUser | AnonymousUser, version: ModelVersion) -> ExportTable:
     by_format = {export.format: export for export in model_export_list(user=user, version=version)}
     return ExportTable(version, [ExportRow(fmt, by_format.get(fmt)) for fmt in ExportFormat])
+
+
+def registry_stored_files() -> Iterator[Reference]:
+    """Files of the registry for verify_storage: each version's model file with its SHA-256
+    and its ONNX conversion and check record (names in plain columns), each export's file."""
+    rows = ModelVersion.objects.values_list("pk", "file", "sha256", "onnx_file", "onnx_check_file")
+    for pk, name, sha, onnx, check in rows.iterator(chunk_size=2000):
+        yield Reference(name, f"model version {pk}", sha)
+        for extra, what in ((onnx, "onnx"), (check, "onnx check")):
+            if extra:
+                yield Reference(extra, f"model version {pk} ({what})")
+    for pk, fmt, name, sha in ModelExport.objects.exclude(file="").values_list("pk", "format", "file", "sha256"):
+        yield Reference(name, f"model export {pk} ({fmt})", sha)
