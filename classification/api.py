@@ -3,11 +3,9 @@ dataset's live model, POST /api/v1/predict/ with the one its `dataset` field nam
 (an id or a name) or, without it, the site's default; GET /api/v1/predict/ lists
 the live models a client can choose from."""
 
-import time
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import caches
 from django.core.exceptions import TooManyFilesSent
 from django.core.files.uploadedfile import UploadedFile
 from drf_spectacular.utils import (
@@ -26,6 +24,8 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from classification.predictor import NotServed, Prediction, get_predictor
+from classifier_site import throttling
+from classifier_site.throttling import parse_rate
 from classifier_site.uploads import too_large
 from datasets.imaging import ImageRejected, TooManyPixels, VectorImageRejected, decode_image
 from datasets.selectors import dataset_find
@@ -45,11 +45,11 @@ class PredictThrottle(BaseThrottle):
     """PREDICT_THROTTLE_RATE per user, PREDICT_ANON_THROTTLE_RATE per IP address for
     anonymous clients, read at each request (settings apply without a restart).
 
-    A fixed-window counter in the "throttle" cache (THROTTLE_CACHE_URL): one
-    add-or-increment per request, whatever the rate. DRF's sliding-window throttles
-    keep a timestamp per request and rewrite the whole list each time, which costs
-    milliseconds at the rates a prediction API serves. The price: a burst may
-    straddle two windows.
+    A fixed-window count per user across every process (classifier_site.throttling: leases
+    from the shared "throttle" cache, so a request rarely pays a shared round trip). DRF's
+    sliding-window throttles keep a timestamp per request and rewrite the whole list each
+    time, which costs milliseconds at the rates a prediction API serves. The price: a burst
+    may straddle two windows.
     """
 
     def allow_request(self, request: Request, view: object) -> bool:
@@ -59,20 +59,10 @@ class PredictThrottle(BaseThrottle):
         )
         if limit is None:
             return True
-        now = time.time()
-        window = int(now // duration)
-        key = throttle_key(self.get_ident(request) if anonymous else request.user.pk, window)
-        counters = caches["throttle"]
-        if counters.add(key, 1, timeout=duration + 1):
-            count = 1
-        else:
-            try:
-                count = counters.incr(key)
-            except ValueError:  # expired between add and incr: a new window
-                counters.add(key, 1, timeout=duration + 1)
-                count = 1
-        self._wait = (window + 1) * duration - now
-        return count <= limit
+        ident = self.get_ident(request) if anonymous else request.user.pk
+        verdict = throttling.take("predict", ident, limit, duration)
+        self._wait = verdict.wait
+        return verdict.allowed
 
     def wait(self) -> float:
         return max(self._wait, 1.0)
@@ -80,18 +70,6 @@ class PredictThrottle(BaseThrottle):
 
 def throttle_key(ident: object, window: int) -> str:
     return f"throttle:predict:{ident}:{window}"
-
-
-def parse_rate(rate: str | None) -> tuple[int | None, int]:
-    """Requests and seconds of a rate like "1200/min"; "none" or empty: no limit.
-    A ValueError for anything else (the `check` framework reports it at start-up)."""
-    if not rate or rate.strip().lower() == "none":
-        return None, 1
-    count, _, period = rate.partition("/")
-    seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(period.strip()[:1].lower())
-    if not count.strip().isdigit() or seconds is None:
-        raise ValueError(f"not a rate: {rate!r}")
-    return int(count), seconds
 
 
 class PredictRequestSerializer(serializers.Serializer):

@@ -8,10 +8,10 @@ from django.core.checks import Error, register
 
 @register()
 def throttle_rates(app_configs: Any, **kwargs: Any) -> list[Error]:
-    from classification.api import parse_rate
+    from classifier_site.throttling import parse_rate
 
     errors = []
-    for name in ("PREDICT_THROTTLE_RATE", "PREDICT_ANON_THROTTLE_RATE"):
+    for name in ("PREDICT_THROTTLE_RATE", "PREDICT_ANON_THROTTLE_RATE", "IMPORT_THROTTLE_RATE"):
         try:
             parse_rate(getattr(settings, name))
         except ValueError:

@@ -7,6 +7,7 @@ Celery over the embedded SQLite broker, media under var/media. Production parts
 """
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -90,6 +91,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "health_check",
+    "axes",
     "datasets",
     "trainer",
     "classification",
@@ -107,6 +109,7 @@ MIDDLEWARE = [
     # Refuses a body by its headers (size, who sends it) before CSRF or a view reads it.
     "classifier_site.uploads.BodyGate",
     "classifier_site.errors.RefusalMiddleware",  # a refusal no page caught: 400/409 saying why; database down: 503
+    "axes.middleware.AxesMiddleware",  # last, as django-axes asks: answers a locked-out login
 ]
 
 ROOT_URLCONF = "classifier_site.urls"
@@ -147,13 +150,13 @@ DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Shared by web and worker processes (live import progress): files by default, Redis in production.
+_CACHE_URL = env.str("CACHE_URL", default=f"filecache://{VAR_DIR / 'cache'}")
 CACHES = {
-    "default": env.cache("CACHE_URL", default=f"filecache://{VAR_DIR / 'cache'}"),
-    # The predict throttle's counters. In-process memory by default: a count costs
-    # 0.03 ms there against about 1 ms in Redis or files, and a prediction's budget is
-    # a few ms; each web process then counts on its own. Point it at Redis for one
-    # count across processes.
-    "throttle": env.cache("THROTTLE_CACHE_URL", default="locmemcache://throttle"),
+    "default": env.cache_url_config(_CACHE_URL),
+    # The throttles' counters (classifier_site.throttling): shared by every process, so a
+    # user's limit is one count whichever process answers. A process takes leases of the
+    # count, so a request rarely pays the shared cache's round trip.
+    "throttle": env.cache("THROTTLE_CACHE_URL", default=_CACHE_URL),
 }
 
 # --- Files ------------------------------------------------------------------------
@@ -251,6 +254,8 @@ PROMOTION_GATE = env_bool("PROMOTION_GATE", True)
 IMPORT_THREADS = env.int("IMPORT_THREADS", default=min(4, os.cpu_count() or 1))
 # Largest dataset upload (an archive or a batch of files); larger requests get 413.
 IMPORT_MAX_UPLOAD_BYTES = env.int("IMPORT_MAX_UPLOAD_BYTES", default=4 * 1024**3)
+# Uploads each user may start, page and API together ("none": no limit).
+IMPORT_THROTTLE_RATE = env.str("IMPORT_THROTTLE_RATE", default="120/hour")
 # Largest image file in an archive, decompressed: larger ones are skipped unread.
 IMPORT_MAX_IMAGE_BYTES = env.int("IMPORT_MAX_IMAGE_BYTES", default=64 * 1024**2)
 # What an archive may expand to, every decompressed byte counted (skipped members and
@@ -277,6 +282,16 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LOGIN_URL = "login"
+# Wrong passwords (django-axes): LOGIN_FAILURE_LIMIT failures in a row for one username from
+# one address lock that pair out for LOGIN_LOCKOUT_MINUTES (429); a success resets the count.
+# By the pair, so that an attacker elsewhere cannot lock a user out of their own account.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=10)
+AXES_COOLOFF_TIME = timedelta(minutes=env.float("LOGIN_LOCKOUT_MINUTES", default=15.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "login"
 

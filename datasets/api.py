@@ -12,7 +12,9 @@ from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 
+from classifier_site import throttling
 from classifier_site.permissions import admin_user
 from classifier_site.uploads import payload_too_large, too_large
 from datasets.export_api import DatasetExportActions
@@ -233,12 +235,27 @@ class ImportCreateSerializer(serializers.Serializer):
         return attrs
 
 
+class ImportThrottle(BaseThrottle):
+    """IMPORT_THROTTLE_RATE per user, one budget with the upload page (classifier_site.throttling)."""
+
+    def allow_request(self, request: Request, view: object) -> bool:
+        verdict = throttling.import_allowed(request.user.pk)
+        self._wait = verdict.wait
+        return verdict.allowed
+
+    def wait(self) -> float:
+        return max(self._wait, 1.0)
+
+
 class ImportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = ImportSerializer
     permission_classes = [permissions.IsAdminUser]
     filterset_fields = ["dataset", "status"]
     parser_classes = [MultiPartParser, FormParser]
     upload_limit_setting = "IMPORT_MAX_UPLOAD_BYTES"  # classifier_site.uploads.BodyGate: before the body is read
+
+    def get_throttles(self) -> list[BaseThrottle]:
+        return [ImportThrottle()] if self.action == "create" else []
 
     def get_queryset(self) -> QuerySet[DatasetImport]:
         return DatasetImport.objects.all()

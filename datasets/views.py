@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.utils.http import urlencode
 from django.views.decorators.http import require_http_methods, require_POST
 
+from classifier_site import throttling
 from classifier_site.errors import Refused
 from classifier_site.permissions import admin_user
 from classifier_site.uploads import limit_upload
@@ -123,6 +124,11 @@ def dataset_export_download_view(request: HttpRequest, pk: int) -> FileResponse:
 @limit_upload("IMPORT_MAX_UPLOAD_BYTES")
 def dataset_upload_view(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = dataset_get(user=request.user, pk=pk)
+    if request.method == "POST" and not (verdict := throttling.import_allowed(request.user.pk)).allowed:
+        wait = int(verdict.wait + 0.999)  # before the body is parsed: the API's budget, on the page too
+        page = render(request, "refused.html", {"message": f"Too many uploads: try again in {wait} s."}, status=429)
+        page["Retry-After"] = str(wait)
+        return page
     form = UploadForm(request.POST, request.FILES) if request.method == "POST" else UploadForm()
     if request.method == "POST" and form.is_valid():
         user, label = admin_user(request), form.cleaned_data["label"]

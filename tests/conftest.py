@@ -37,8 +37,8 @@ _XDIST_INDEX = int(XDIST_WORKER[2:] or 0) if XDIST_WORKER.startswith("gw") else 
 TEST_BROKER_URL = os.environ.get("TEST_BROKER_URL", f"redis://127.0.0.1:6379/{15 - _XDIST_INDEX % 8}")
 # The worker, reaper, browser and live-server tests share processes and ports: one xdist worker runs them in turn.
 SERIAL_FIXTURES = {
-    "celery_worker_process", "celery_worker_with_reaper", "procfile_workers", "lone_reaper", "live_server",
-    "browser_page", "import_worker",
+    "celery_worker_process", "celery_worker_with_reaper", "procfile_workers", "lone_reaper", "no_worker",
+    "live_server", "browser_page", "import_worker",
 }  # fmt: skip
 
 
@@ -49,10 +49,12 @@ def pytest_configure(config: pytest.Config) -> None:
     # A cache of this test process's own (throttle counts and import progress are keyed by
     # row ids, which every xdist worker's database reuses); child processes inherit it.
     folder = Path(settings.VAR_DIR) / f"test-cache-{XDIST_WORKER or 'main'}"
+    shutil.rmtree(folder, ignore_errors=True)  # nothing counted by an earlier run (ids repeat)
     os.environ["CACHE_URL"] = f"filecache://{folder}"
-    settings.CACHES["default"].update(
-        BACKEND="django.core.cache.backends.filebased.FileBasedCache", LOCATION=str(folder)
-    )
+    for alias in ("default", "throttle"):  # the throttles' counts too: user ids repeat across xdist databases
+        settings.CACHES[alias].update(
+            BACKEND="django.core.cache.backends.filebased.FileBasedCache", LOCATION=str(folder)
+        )
     # Test users' passwords need no strength: PBKDF2 costs 0.25 s a user, MD5 nothing (PBKDF2 still
     # verifies what child processes, which keep the real settings, hash).
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", *settings.PASSWORD_HASHERS]

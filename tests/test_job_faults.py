@@ -157,8 +157,14 @@ def _run_in_thread(job_id: int) -> threading.Thread:
     return thread
 
 
+@pytest.fixture
+def no_worker():
+    """This process's shared worker stopped: a job re-queued here must stay queued for the test to see."""
+    _SHARED_WORKER.stop()
+
+
 @pytest.mark.django_db(transaction=True)
-def test_a_hung_read_gives_the_attempt_up_with_the_reason(colour_dataset, settings):
+def test_a_hung_read_gives_the_attempt_up_with_the_reason(colour_dataset, settings, no_worker):
     """Issue 16, item 2: the heartbeat thread stamped the row while the process lived, whether
     or not training moved. Here one image's file is a FIFO nobody writes: reading it blocks
     for ever (a hung network mount), while the heartbeat thread is alive and well."""

@@ -3,6 +3,7 @@ headers, before anything reads them; a database that is down answers 503, JSON o
 the schema documents 401/403/503."""
 
 import socket
+import uuid
 from urllib.parse import urlparse
 
 import pytest
@@ -107,3 +108,86 @@ def test_the_schema_documents_401_403_and_503_on_every_operation(tmp_path):
     assert len(operations) > 40
     for path, method, operation in operations:
         assert {"401", "403", "503"} <= set(operation["responses"]), (path, method)
+
+
+@pytest.mark.django_db
+def test_wrong_passwords_in_a_row_lock_that_login_out(client, admin_user, settings):
+    """Issue 16, item 13: 30 wrong passwords in a row met no lockout."""
+    admin_user.set_password("right-password-123")
+    admin_user.save()
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        wrong = client.post("/accounts/login/", {"username": admin_user.username, "password": "guess"})
+        assert wrong.status_code == 200  # the form again, saying the password is wrong
+    locked = client.post("/accounts/login/", {"username": admin_user.username, "password": "guess"})
+    assert locked.status_code == 429 and b"Too many wrong passwords" in locked.content
+    right = client.post("/accounts/login/", {"username": admin_user.username, "password": "right-password-123"})
+    assert right.status_code == 429  # even the right password, until the lockout ends
+    other = Client(REMOTE_ADDR="10.0.0.9")  # the same user from elsewhere is not locked out
+    assert (
+        other.post("/accounts/login/", {"username": admin_user.username, "password": "right-password-123"}).status_code
+        == 302
+    )
+
+
+def test_a_throttle_counts_once_across_processes(tmp_path):
+    """Issue 16, item 13: the API throttle counted per process (2 x 1,200/min), not per user."""
+    import subprocess
+    import sys
+
+    from classifier_site import throttling
+    from tests.conftest import ROOT, subprocess_env
+
+    scope = f"test-{uuid.uuid4().hex}"
+    assert [throttling.take(scope, 7, 3, 3600).allowed for _ in range(2)] == [True, True]
+    code = (
+        "import django; django.setup(); from classifier_site import throttling; "
+        f"print([throttling.take({scope!r}, 7, 3, 3600).allowed for _ in range(2)])"
+    )
+    env = subprocess_env() | {"DJANGO_SETTINGS_MODULE": "classifier_site.settings"}
+    other = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert other.stdout.strip().splitlines()[-1] == "[True, False]", other.stderr[-2000:]
+    assert throttling.take(scope, 7, 3, 3600).allowed is False
+
+
+def test_a_process_takes_leases_of_a_high_limit(tmp_path):
+    from django.core.cache import caches
+
+    from classifier_site import throttling
+
+    scope = f"lease-{uuid.uuid4().hex}"
+    window = int(__import__("time").time() // 3600)
+    key = f"throttle:{scope}:7:{window}"
+    assert all(throttling.take(scope, 7, 1000, 3600).allowed for _ in range(10))
+    assert caches["throttle"].get(key) == 10  # one shared add for ten requests
+    assert throttling.take(scope, 7, 1000, 3600).allowed
+    assert caches["throttle"].get(key) == 20
+
+
+@pytest.mark.django_db
+def test_imports_are_throttled_per_user_on_the_page_and_the_api(admin_client, admin_user, settings, tmp_path):
+    """Issue 16, item 13: imports had no throttle."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from rest_framework.test import APIClient
+
+    from classifier_site.throttling import forget_leases
+    from tests.images import class_folder_zip
+
+    settings.IMPORT_THROTTLE_RATE = "2/hour"
+    forget_leases()
+    dataset = dataset_create(name=f"throttled-{tmp_path.name}")
+    archive = class_folder_zip(tmp_path / "a.zip", per_class=1).read_bytes()
+    api = APIClient()
+    api.force_authenticate(admin_user)
+
+    def api_upload():
+        upload = SimpleUploadedFile("a.zip", archive)
+        return api.post("/api/v1/imports/", {"dataset": dataset.pk, "archive": upload}, format="multipart")
+
+    assert api_upload().status_code == 201
+    page = admin_client.post(f"/datasets/{dataset.pk}/upload/", {"archive": SimpleUploadedFile("a.zip", archive)})
+    assert page.status_code == 302  # the second of two: to the import's page
+    refused = api_upload()
+    assert refused.status_code == 429 and int(refused["Retry-After"]) > 0
+    again = admin_client.post(f"/datasets/{dataset.pk}/upload/", {"archive": SimpleUploadedFile("a.zip", archive)})
+    assert again.status_code == 429 and "Too many uploads" in again.content.decode()
+    assert admin_client.get(f"/datasets/{dataset.pk}/upload/").status_code == 200  # the form itself costs nothing

@@ -294,9 +294,11 @@ def test_the_page_shares_the_apis_throttle(api, member, member_client, trained_v
 
 def _forget_throttle(ident: object, duration: int) -> None:
     from classification.api import throttle_key
+    from classifier_site.throttling import forget_leases
 
     window = int(time.time() // duration)
     caches["throttle"].delete_many([throttle_key(ident, window), throttle_key(ident, window + 1)])
+    forget_leases()
 
 
 def _post(api: APIClient, seed: int):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 from django.core.files.uploadedfile import SimpleUploadedFile
+from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from datasets.models import DatasetImport
@@ -37,7 +38,8 @@ def _wait_for(record, timeout: float = 120):
 def test_upload_train_predict_end_to_end(celery_worker_process, tmp_path, admin_user, member):
     # Upload through the API; the worker imports it from the `default` queue.
     admin = APIClient()
-    admin.force_authenticate(admin_user)
+    # A real token, not force_authenticate: an upload's body is judged on its headers before DRF runs.
+    admin.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=admin_user).key}")
     dataset = admin.post("/api/v1/datasets/", {"name": "colours"}, format="json").json()
     archive = class_folder_zip(tmp_path / "colours.zip", per_class=30)
     upload = SimpleUploadedFile("colours.zip", archive.read_bytes())
