@@ -51,9 +51,12 @@ def pytest_configure(config: pytest.Config) -> None:
     folder = Path(settings.VAR_DIR) / f"test-cache-{XDIST_WORKER or 'main'}"
     shutil.rmtree(folder, ignore_errors=True)  # nothing counted by an earlier run (ids repeat)
     os.environ["CACHE_URL"] = f"filecache://{folder}"
-    for alias in ("default", "throttle"):  # the throttles' counts too: user ids repeat across xdist databases
+    # The throttles' counts too (user ids repeat across xdist databases), in a folder of their own
+    # that each test starts empty (`_fresh_throttles`).
+    os.environ["THROTTLE_CACHE_URL"] = f"filecache://{folder / 'throttle'}"
+    for alias, location in (("default", folder), ("throttle", folder / "throttle")):
         settings.CACHES[alias].update(
-            BACKEND="django.core.cache.backends.filebased.FileBasedCache", LOCATION=str(folder)
+            BACKEND="django.core.cache.backends.filebased.FileBasedCache", LOCATION=str(location)
         )
     # Test users' passwords need no strength: PBKDF2 costs 0.25 s a user, MD5 nothing (PBKDF2 still
     # verifies what child processes, which keep the real settings, hash).
@@ -111,6 +114,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _test_broker() -> None:
     celery_app.conf.broker_url = TEST_BROKER_URL
+
+
+@pytest.fixture(autouse=True)
+def _fresh_throttles() -> None:
+    """No test inherits another's requests: the same user ids come back in every test."""
+    from django.core.cache import caches
+
+    from classifier_site.throttling import forget_leases
+
+    caches["throttle"].clear()
+    forget_leases()
 
 
 @pytest.fixture(autouse=True)
