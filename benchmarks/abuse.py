@@ -153,7 +153,7 @@ def train_model(work: Path) -> None:
     colours = {"red": (200, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 200)}
     items = [(f"{c}-{i}.png", _noisy(rgb, i), c) for c, rgb in colours.items() for i in range(20)]
     images_add(dataset=dataset, items=items)
-    config = TrainConfig.from_dict({"arch": "baseline", "epochs": 2, "batch_size": 16, "image_size": 16})
+    config = TrainConfig.from_dict({"arch": "baseline", "epochs": 2, "batch_size": 16, "image_size": 32})
     training_job_run(job_id=training_job_start(dataset=dataset, config=config, enqueue=False).pk)
     User.objects.create_user("bench", password="bench-password-123")
 
@@ -175,9 +175,9 @@ def run_request(work: Path, count: int, side: int) -> dict[str, Any]:
     from django.core.files.uploadedfile import SimpleUploadedFile
     from django.test import Client
 
-    client = Client()
+    client = Client(HTTP_HOST="localhost")
     client.force_login(User.objects.get(username="bench"))
-    image = small_png(side)
+    image = (work / f"{side}.png").read_bytes()  # built by the parent: its pixels are not this process's
     client.post("/api/v1/predict/", {"image": SimpleUploadedFile("warm.png", small_png(32))})  # loads the model
     before_mb = peak_mb()
     cpu, wall = time.process_time(), time.perf_counter()
@@ -277,6 +277,7 @@ def measure_requests() -> None:
         _child(["--train", "--work", work])
         reference: dict[str, Any] | None = None
         for name, count, side in REQUEST_CASES:
+            (Path(work) / f"{side}.png").write_bytes(small_png(side))
             figures = json.loads(_child(["--request", str(count), str(side), "--work", work]).splitlines()[-1])
             reference = reference or figures
             cpu_ratio = figures["cpu"] / max(reference["cpu"], 1e-3)
