@@ -294,7 +294,7 @@ def test_transfer_learning_trains_the_head_on_features_then_fine_tunes_the_backb
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     assert install_from(SHARED_WEIGHTS, [CATALOGUE["mobilenetv2_035"]])
-    config = TrainConfig.from_dict({"arch": "mobilenetv2_035", "image_size": 32, "epochs": 30, "fine_tune_epochs": 1,
+    config = TrainConfig.from_dict({"arch": "mobilenetv2_035", "image_size": 32, "epochs": 10, "fine_tune_epochs": 1,
                                     "batch_size": 16}).resolve(on_gpu=False, class_counts=[48, 48])  # fmt: skip
     recorder = Recorder()
     result = train(config, _data(5, size=32), tmp_path / "out", recorder)

@@ -204,16 +204,17 @@ def test_fine_tuning_is_kept_when_it_validates_better(tiny, tmp_path, monkeypatc
     assert np.abs(served - result.probabilities).max() < 1e-4  # the report is the tuned model's
 
 
-def _export_matches_keras(model_path: Path, out: Path, images: np.ndarray) -> None:
+def _export_matches_keras(model_path: Path, out: Path, images: np.ndarray, *, onnx: bool = True) -> None:
     import onnxruntime
     from ai_edge_litert.interpreter import Interpreter
 
     from trainer.ml.export import export_file, load_model
 
     expected = np.asarray(load_model(model_path)(images, training=False))
-    export_file(model_path, "onnx", out / "m.onnx")
-    onnx_out = onnxruntime.InferenceSession(str(out / "m.onnx")).run(None, {"image": images})[0]
-    assert np.abs(onnx_out - expected).max() < 1e-5
+    if onnx:
+        export_file(model_path, "onnx", out / "m.onnx")
+        onnx_out = onnxruntime.InferenceSession(str(out / "m.onnx")).run(None, {"image": images})[0]
+        assert np.abs(onnx_out - expected).max() < 1e-5
     export_file(model_path, "tflite", out / "m.tflite")
     interpreter = Interpreter(model_path=str(out / "m.tflite"))
     runner = interpreter.get_signature_runner()
@@ -231,15 +232,20 @@ def test_a_model_on_an_installed_backbone_exports_with_the_same_answers(tiny, tm
 @pytest.mark.skipif(not (SHARED_WEIGHTS / "efficientnet_lite0_imagenet.keras").is_file(), reason="no Lite0 file")
 def test_the_lite0_file_installs_trains_saves_reloads_and_exports(keras_home, tmp_path):
     from trainer.ml.backbones import CATALOGUE
+    from trainer.ml.runtimes import ONNX_FILE, check_record_path
     from trainer.ml.train import MODEL_FILE, train
     from trainer.ml.weights import install_from
 
     installed = install_from(SHARED_WEIGHTS, [CATALOGUE["efficientnet_lite0"]])
     assert [i.backbone.name for i in installed] == ["efficientnet_lite0"]
-    config = TrainConfig.from_dict({"arch": "efficientnet_lite0", "image_size": 64, "epochs": 20})
+    config = TrainConfig.from_dict({"arch": "efficientnet_lite0", "image_size": 64, "epochs": 6})
     result = train(config.resolve(on_gpu=False, class_counts=[24] * 3), _colour_data(64), tmp_path / "out", None)
     assert result.metrics["accuracy"] >= 0.9  # ImageNet features tell red from blue
-    _export_matches_keras(tmp_path / "out" / MODEL_FILE, tmp_path, _colour_data(64).test.x[:2])
+    # Training already converted it for ONNX Runtime and kept the file only because it answered
+    # the test images like Keras (within 1e-5): the ONNX export is that same conversion.
+    onnx = tmp_path / "out" / ONNX_FILE
+    assert onnx.is_file() and check_record_path(onnx).is_file()
+    _export_matches_keras(tmp_path / "out" / MODEL_FILE, tmp_path, _colour_data(64).test.x[:2], onnx=False)
 
 
 # --- through the platform: a job, a second job, a scoring run ---------------------------------

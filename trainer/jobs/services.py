@@ -116,12 +116,22 @@ def _send_again(job_id: int) -> None:
     """Publish a job the reaper or a hand-back put back in the queue. Unlike a new job's
     first message, a broker that is down does not fail it: the job stays queued and
     unstamped, and the reaper's next pass sends it again."""
-    if error := RUNS.resend(job_id):
-        queued = TrainingJob.objects.filter(pk=job_id, status=RunStatus.QUEUED)
-        if queued.filter(published_at__isnull=False).update(published_at=None):  # said once, not every pass
-            _log(job_id, None, f"{error} The reaper sends it again at its next pass.")
-        return
-    TrainingJob.objects.filter(pk=job_id, status=RunStatus.QUEUED).update(published_at=timezone.now())
+    _send_all([(job_id, False)])
+
+
+def _send_all(sends: list[tuple[int, bool]]) -> None:
+    """Send (job id, is a retry) in order, stopping at the first broker error: the broker
+    is down, and each further try would cost its own timeout (with a long queue, minutes of
+    one reaper pass). What is left stays queued and unstamped for the next pass. A retry's
+    failure is not logged again: an outage of an hour would otherwise add an event a pass."""
+    for done, (job_id, _) in enumerate(sends):
+        if error := RUNS.resend(job_id):
+            for unsent, retry in sends[done:]:
+                queued = TrainingJob.objects.filter(pk=unsent, status=RunStatus.QUEUED)
+                if queued.update(published_at=None) and not retry:
+                    _log(unsent, None, f"{error} The reaper sends it again at its next pass.")
+            return
+        TrainingJob.objects.filter(pk=job_id, status=RunStatus.QUEUED).update(published_at=timezone.now())
 
 
 def training_job_cancel(*, job: TrainingJob) -> TrainingJob:
@@ -619,25 +629,33 @@ def training_jobs_reap(*, now: datetime | None = None) -> Reaped:
             error = f"Failed: {silent} on attempt {job.attempts} of {settings.TRAIN_MAX_ATTEMPTS}; not retrying."
             if _finish(job.pk, RunStatus.FAILED, job.attempts, error=error):
                 reaped.failed.append(job.pk)
-        elif _running(job.pk, job.attempts).filter(heartbeat_at__lt=stale_before).update(status=RunStatus.QUEUED):
+        elif (
+            _running(job.pk, job.attempts)
+            .filter(heartbeat_at__lt=stale_before)
+            .update(status=RunStatus.QUEUED, published_at=None)
+        ):
             _log(job.pk, job.attempts, f"Re-queued: {silent}.")
             reaped.requeued.append(job.pk)
-            transaction.on_commit(partial(_send_again, job.pk))
-    reaped.republished = _republish_lost(now)
+    again = _republish_lost(now, sent_now=reaped.requeued)
+    reaped.republished = [pk for pk, _ in again]
+    transaction.on_commit(partial(_send_all, [(pk, False) for pk in reaped.requeued] + again))
     return reaped
 
 
 UNSENT_GRACE = timedelta(seconds=60)  # a job made with enqueue=False is claimed by its maker within this
 
 
-def _republish_lost(now: datetime) -> list[int]:
+def _republish_lost(now: datetime, sent_now: list[int]) -> list[tuple[int, bool]]:
     """Queued jobs whose message went out TRAIN_REPUBLISH_SECONDS ago and was never
     claimed: the message may be lost, so send it again; and jobs whose message could not
-    be sent (the broker was down), at every pass until it goes. A job that is only waiting
-    behind others gets a duplicate, which its claim (compare-and-set) makes harmless."""
+    be sent (the broker was down), at every pass until it goes (a retry). A job
+    that is only waiting behind others gets a duplicate, which its claim (compare-and-set)
+    makes harmless. Jobs re-queued in this pass (`sent_now`) are sent once, not twice."""
     before = now - timedelta(seconds=settings.TRAIN_REPUBLISH_SECONDS)
-    waiting = TrainingJob.objects.filter(status=RunStatus.QUEUED).filter(
-        Q(published_at__lt=before) | Q(published_at__isnull=True, created_at__lt=now - UNSENT_GRACE)
+    waiting = (
+        TrainingJob.objects.filter(status=RunStatus.QUEUED)
+        .exclude(pk__in=sent_now)
+        .filter(Q(published_at__lt=before) | Q(published_at__isnull=True, created_at__lt=now - UNSENT_GRACE))
     )
     republished = []
     for job in waiting.only("pk", "attempts", "published_at"):
@@ -648,6 +666,5 @@ def _republish_lost(now: datetime) -> list[int]:
             if job.published_at is not None:
                 minutes = (now - job.published_at).total_seconds() / 60
                 _log(job.pk, job.attempts, f"Sent to the queue again: no worker took it in {minutes:.0f} minutes.")
-            republished.append(job.pk)
-            transaction.on_commit(partial(_send_again, job.pk))
+            republished.append((job.pk, job.published_at is None))
     return republished
