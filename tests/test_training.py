@@ -209,6 +209,39 @@ def test_reaper_sends_again_a_queued_job_whose_message_was_lost(
 
 
 @pytest.mark.django_db
+def test_reaper_with_the_broker_down_tries_one_send_a_pass_says_so_once_and_sends_each_job_once_it_is_back(
+    colour_dataset, monkeypatch, django_capture_on_commit_callbacks
+):
+    """With a long queue and a broker down, one timeout per job made a pass last minutes
+    (and /readyz call the reaper stale); an outage logged an event per pass; and a dead job
+    whose first message was long ago went out twice in the pass that re-queued it."""
+    attempts, broker_up = [], False
+    monkeypatch.setattr(
+        "classifier_site.runs.publish",
+        lambda task, *args: attempts.append(args[0]) or (None if broker_up else "Could not reach the task broker."),
+    )
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    dead = [_running_job(colour_dataset, published_at=an_hour_ago, created_at=an_hour_ago) for _ in range(2)]
+    config = TrainConfig.from_dict({"arch": "baseline"})
+    unsent = [training_job_start(dataset=colour_dataset, config=config, enqueue=False) for _ in range(3)]
+    TrainingJob.objects.filter(pk__in=[j.pk for j in unsent]).update(created_at=an_hour_ago)  # never sent
+    for _ in range(2):  # two passes during the outage
+        with django_capture_on_commit_callbacks(execute=True):
+            training_jobs_reap()
+    assert len(attempts) == 2  # one try a pass, not one a job
+    jobs = TrainingJob.objects.filter(pk__in=[j.pk for j in dead + unsent])
+    assert {j.status for j in jobs} == {RunStatus.QUEUED} and all(j.published_at is None for j in jobs)
+    said = {j.pk: sum("Could not reach the task broker" in e["message"] for e in j.events) for j in jobs}
+    assert said == {**{j.pk: 1 for j in dead}, **{j.pk: 0 for j in unsent}}  # once, not once a pass
+
+    broker_up, attempts[:] = True, []
+    with django_capture_on_commit_callbacks(execute=True):
+        training_jobs_reap()
+    assert sorted(attempts) == sorted(j.pk for j in dead + unsent)  # each exactly once
+    assert all(j.published_at for j in jobs.all())
+
+
+@pytest.mark.django_db
 def test_reaper_fails_a_job_after_the_last_attempt_and_cancels_a_cancelled_one(colour_dataset, settings):
     settings.TRAIN_MAX_ATTEMPTS = 3
     exhausted = _running_job(colour_dataset, attempts=3)
