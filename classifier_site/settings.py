@@ -397,6 +397,9 @@ TRAIN_TIME_LIMIT_GRACE = env.float("TRAIN_TIME_LIMIT_GRACE", default=600.0)
 # A queued job no worker has taken this long after its message was sent may have lost
 # it (a purged queue, a broker restored from an old state): the reaper sends it again.
 TRAIN_REPUBLISH_SECONDS = env.int("TRAIN_REPUBLISH_SECONDS", default=900)
+# How often a running job's checkpoint goes to media storage (and always before a
+# hand-back): a job re-queued to another worker resumes from it; 0 stores every epoch.
+TRAIN_CHECKPOINT_UPLOAD_SECONDS = env.float("TRAIN_CHECKPOINT_UPLOAD_SECONDS", default=60.0)
 # Worker-local: per-epoch checkpoints and the decoded-image cache shared by jobs.
 TRAIN_WORK_DIR = Path(env.str("TRAIN_WORK_DIR", default=str(VAR_DIR / "training")))
 # Keras' cache of pretrained weights; read once when Keras is imported, so set here.

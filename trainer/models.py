@@ -54,6 +54,10 @@ class TrainingJob(models.Model):
     # The last time the run moved (a batch, an image decoded, a phase begun). The heartbeat
     # says the process lives; this says it still gets somewhere.
     progress_at = models.DateTimeField(null=True, blank=True)
+    # The running job's last checkpoint in media storage (a tar of its checkpoint folder) and
+    # its SHA-256: a re-queued job resumes from it on any worker, whose own copy is a cache.
+    checkpoint_file = models.CharField(max_length=300, blank=True, default="")
+    checkpoint_sha256 = models.CharField(max_length=64, blank=True, default="")
     replayed = False  # not a column: training_job_start sets it on a job it found by its key
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -1,10 +1,13 @@
-"""Reads of training jobs, always on behalf of a user."""
+"""Reads of training jobs, on behalf of a user (and, for verify_storage, the files they own)."""
+
+from collections.abc import Iterator
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 from django.http import Http404
 
 from classifier_site.permissions import is_admin
+from classifier_site.storage_audit import Reference
 from trainer.models import TrainingJob
 
 
@@ -36,3 +39,10 @@ def job_get(*, user: AbstractBaseUser | AnonymousUser, pk: int) -> TrainingJob:
 
 
 # --- model exports ------------------------------------------------------------------
+
+
+def training_stored_files() -> Iterator[Reference]:
+    """Files of training for verify_storage: each unfinished job's checkpoint, with its SHA-256."""
+    rows = TrainingJob.objects.exclude(checkpoint_file="").values_list("pk", "checkpoint_file", "checkpoint_sha256")
+    for pk, name, sha in rows.iterator(chunk_size=2000):
+        yield Reference(name, f"training job {pk} (checkpoint)", sha)

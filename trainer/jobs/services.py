@@ -8,7 +8,6 @@ import importlib.metadata
 import logging
 import os
 import platform
-import shutil
 import signal
 import socket
 import tempfile
@@ -32,6 +31,7 @@ from classifier_site.errors import Refused
 from classifier_site.runs import Lifecycle, RunStatus, describe_error
 from datasets.models import Dataset, Split
 from datasets.selectors import dataset_snapshot
+from trainer.jobs.checkpoints import checkpoint_dir, checkpoint_restore, checkpoint_upload, checkpoints_remove
 from trainer.ml.config import ConfigError, TrainConfig
 from trainer.ml.reporting import Interrupted
 from trainer.models import TrainingJob
@@ -179,7 +179,10 @@ def _finish(job_id: int, status: str, attempt: int | None = None, **fields: Any)
 
 def _finished(job_id: int, status: str, fields: dict[str, Any]) -> None:
     _log(job_id, None, fields.get("error") or f"{RunStatus(status).label}.")
-    _remove_checkpoints(job_id)
+    jobs = TrainingJob.objects.filter(pk=job_id)
+    stored = jobs.values_list("checkpoint_file", flat=True).first() or ""
+    jobs.update(checkpoint_file="", checkpoint_sha256="")
+    checkpoints_remove(job_id, stored)
 
 
 def _claim_fields() -> dict[str, Any]:
@@ -250,6 +253,8 @@ def _train(job: TrainingJob, attempt: int, watch: "Watch") -> None:
         config = requested.resolve(on_gpu=on_gpu, class_counts=data.class_counts(), cpu_bf16=cpu_has_bf16())
         _running(job.pk, attempt).update(config=config.to_dict())  # what "run again" repeats
         features = _features(job, data, config, backbone, reporter) if backbone else None
+        if said := checkpoint_restore(job):  # re-queued from another worker: its checkpoint
+            _log(job.pk, attempt, said)
         with tempfile.TemporaryDirectory(prefix=f"job-{job.pk}-") as tmp:
             result = train(config, data, Path(tmp), reporter, checkpoint_dir=checkpoint_dir(job.pk), on_gpu=on_gpu,
                            features=features)  # fmt: skip
@@ -270,6 +275,7 @@ def _stopped(job_id: int, attempt: int, reporter: "JobReporter") -> None:
     if reason == "lost":
         logger.warning("job %s: attempt %s no longer owns the job; result dropped", job_id, attempt)
     elif reason == "handback":
+        checkpoint_upload(job_id, attempt)  # the next worker may be another host
         _hand_back(job_id, attempt)
     elif reason == "time limit":
         limit = _duration(settings.TRAIN_TIME_LIMIT)
@@ -384,15 +390,6 @@ def _load_data(job: TrainingJob, image_size: int, progress: Any = None) -> Any:
     from trainer.jobs.snapshots import snapshot_arrays
 
     return snapshot_arrays(job.snapshot, image_size, progress=progress)
-
-
-def checkpoint_dir(job_id: int) -> Path:
-    """Where a job's per-epoch checkpoints live; a re-queued job resumes from them."""
-    return Path(settings.TRAIN_WORK_DIR) / "checkpoints" / f"job-{job_id}"
-
-
-def _remove_checkpoints(job_id: int) -> None:
-    shutil.rmtree(checkpoint_dir(job_id), ignore_errors=True)
 
 
 def package_versions() -> dict[str, str]:
@@ -528,7 +525,7 @@ class JobReporter:
         self.stop_reason = ""  # why should_stop() said yes: cancel, handback, time limit, lost
         # Transfer jobs spend most of their time in the feature pass; epochs on features take seconds.
         self.share = TRANSFER_EPOCH_SHARE if transfer else 1.0
-        self.last_phase_write = self.last_check = 0.0
+        self.last_phase_write = self.last_check = self.last_upload = 0.0
         self.watch = watch or Watch()
 
     def phase(self, name: str, done: int, total: int) -> None:
@@ -559,6 +556,13 @@ class JobReporter:
     def epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         self.history = [h for h in self.history if h.get("epoch", 0) <= epoch] + [{"epoch": epoch + 1, **logs}]
         self._update(epoch=epoch + 1, history=self.history, progress=self._progress(epoch + 1))
+        now = time.monotonic()
+        if now - self.last_upload >= settings.TRAIN_CHECKPOINT_UPLOAD_SECONDS:
+            self.last_upload = now
+            try:  # Keras saved this epoch's checkpoint just before (its callback runs first)
+                checkpoint_upload(self.job_id, self.attempt)
+            except OSError:  # storage out of reach: the run goes on; a resume elsewhere loses more
+                logger.warning("job %s: checkpoint not stored", self.job_id, exc_info=True)
 
     def _progress(self, epochs: float) -> float:
         return min(1 - self.share + self.share * epochs / self.epochs, 1.0)

@@ -1,0 +1,112 @@
+"""A running job's checkpoints in media storage, so that a job re-queued to another
+worker (no disk in common) resumes where the last one left off.
+
+Keras' BackupAndRestore writes the checkpoints into the worker's own folder
+(`checkpoint_dir`); that folder is a cache. At most every TRAIN_CHECKPOINT_UPLOAD_SECONDS
+(and always before a hand-back) the folder goes to storage as one tar, named by its
+SHA-256 on the job's row, conditional on the attempt still owning the job. An attempt
+starting on a worker whose folder is not the stored checkpoint fetches it, checks the
+hash and unpacks it. A checkpoint that is gone or damaged costs the run its progress,
+never the job: it starts from the beginning, saying why."""
+
+import hashlib
+import logging
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import default_storage
+
+from classifier_site.runs import RunStatus
+from trainer.models import TrainingJob
+
+logger = logging.getLogger(__name__)
+
+MARKER = ".stored-sha256"  # in the local folder: which stored checkpoint it holds (or made)
+
+
+def checkpoint_dir(job_id: int) -> Path:
+    """Where a job's per-epoch checkpoints live on this worker (a cache of the stored ones)."""
+    return Path(settings.TRAIN_WORK_DIR) / "checkpoints" / f"job-{job_id}"
+
+
+def checkpoint_upload(job_id: int, attempt: int) -> bool:
+    """Store this worker's checkpoint folder as the job's checkpoint; False when there is
+    nothing to store or the attempt no longer owns the job (the file is then removed)."""
+    folder = checkpoint_dir(job_id)
+    if not any(p.name != MARKER for p in folder.glob("*")):
+        return False
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        packed = Path(tmp) / "checkpoint.tar"
+        with tarfile.open(packed, "w") as tar:  # weights do not compress: plain tar
+            for path in sorted(folder.iterdir()):
+                if path.name != MARKER:
+                    tar.add(path, arcname=path.name)
+        sha = _sha256(packed)
+        with packed.open("rb") as fh:
+            name = default_storage.save(f"checkpoints/job-{job_id}/{sha[:16]}.tar", File(fh))
+    old = TrainingJob.objects.filter(pk=job_id).values_list("checkpoint_file", flat=True).first()
+    running = TrainingJob.objects.filter(pk=job_id, status=RunStatus.RUNNING, attempts=attempt)
+    if not running.update(checkpoint_file=name, checkpoint_sha256=sha):
+        default_storage.delete(name)
+        return False
+    (folder / MARKER).write_text(sha)
+    if old and old != name:
+        default_storage.delete(old)
+    return True
+
+
+def checkpoint_restore(job: TrainingJob) -> str:
+    """Make this worker's folder hold the job's stored checkpoint, unless it already
+    holds it or a newer one made here. What happened, in words ("" when nothing did)."""
+    folder = checkpoint_dir(job.pk)
+    if not job.checkpoint_file:
+        return ""
+    marker = folder / MARKER
+    if marker.exists() and marker.read_text() == job.checkpoint_sha256:
+        return ""  # this worker made it or fetched it, and may have gone further since
+    try:
+        _fetch(job.checkpoint_file, job.checkpoint_sha256, folder)
+    except (OSError, tarfile.TarError, ValueError) as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.warning("job %s: stored checkpoint %s unusable: %s", job.pk, job.checkpoint_file, exc)
+        return f"The stored checkpoint could not be used ({exc}); training starts from the beginning."
+    return "Fetched its checkpoint from storage."
+
+
+def checkpoints_remove(job_id: int, stored: str = "") -> None:
+    """A finished job's checkpoints: this worker's folder and the stored file."""
+    shutil.rmtree(checkpoint_dir(job_id), ignore_errors=True)
+    if stored:
+        default_storage.delete(stored)
+
+
+def _fetch(name: str, sha: str, folder: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=_parent(folder)) as tmp:
+        packed = Path(tmp) / "checkpoint.tar"
+        with default_storage.open(name) as src, packed.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+        if _sha256(packed) != sha:
+            raise ValueError("its SHA-256 differs from the one recorded")
+        unpacked = Path(tmp) / "unpacked"
+        with tarfile.open(packed) as tar:
+            tar.extractall(unpacked, filter="data")  # no links out, no absolute paths
+        (unpacked / MARKER).write_text(sha)
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.move(unpacked, folder)
+
+
+def _parent(folder: Path) -> Path:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return folder.parent
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
