@@ -96,3 +96,15 @@ def test_a_worker_that_made_the_checkpoint_keeps_its_own_newer_copy(colour_datas
     job.refresh_from_db()
     assert job.status == RunStatus.SUCCEEDED and "Fetched its checkpoint from storage." not in _messages(job)
     assert "Resumed from the checkpoint after epoch 2." in _messages(job)
+
+
+def test_storage_that_refuses_checkpoints_does_not_fail_the_run(colour_dataset, settings, tmp_path, caplog):
+    settings.TRAIN_CHECKPOINT_UPLOAD_SECONDS = 0
+    settings.TRAIN_WORK_DIR = tmp_path / "worker"
+    Path(settings.MEDIA_ROOT).mkdir(parents=True, exist_ok=True)
+    (Path(settings.MEDIA_ROOT) / "checkpoints").write_text("a file where the folder goes: every save fails")
+    job = training_job_start(dataset=colour_dataset, config=TrainConfig.from_dict(CONFIG), enqueue=False)
+    training_job_run(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == RunStatus.SUCCEEDED and job.checkpoint_file == "", job.error
+    assert "checkpoint not stored" in caplog.text

@@ -70,7 +70,7 @@ def checkpoint_restore(job: TrainingJob) -> str:
         return ""  # this worker made it or fetched it, and may have gone further since
     try:
         _fetch(job.checkpoint_file, job.checkpoint_sha256, folder)
-    except (OSError, tarfile.TarError, ValueError) as exc:
+    except Exception as exc:  # gone, damaged, storage out of reach (S3 raises its own): start over
         shutil.rmtree(folder, ignore_errors=True)
         logger.warning("job %s: stored checkpoint %s unusable: %s", job.pk, job.checkpoint_file, exc)
         return f"The stored checkpoint could not be used ({exc}); training starts from the beginning."

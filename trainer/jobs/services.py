@@ -561,7 +561,7 @@ class JobReporter:
             self.last_upload = now
             try:  # Keras saved this epoch's checkpoint just before (its callback runs first)
                 checkpoint_upload(self.job_id, self.attempt)
-            except OSError:  # storage out of reach: the run goes on; a resume elsewhere loses more
+            except Exception:  # storage out of reach (S3 raises its own): the run goes on; a resume loses more
                 logger.warning("job %s: checkpoint not stored", self.job_id, exc_info=True)
 
     def _progress(self, epochs: float) -> float:
