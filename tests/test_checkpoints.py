@@ -108,3 +108,25 @@ def test_storage_that_refuses_checkpoints_does_not_fail_the_run(colour_dataset, 
     job.refresh_from_db()
     assert job.status == RunStatus.SUCCEEDED and job.checkpoint_file == "", job.error
     assert "checkpoint not stored" in caplog.text
+
+
+def test_a_hand_back_with_storage_out_of_reach_still_hands_the_job_back(
+    colour_dataset, settings, tmp_path, monkeypatch
+):
+    settings.TRAIN_WORK_DIR = tmp_path / "worker"
+    Path(settings.MEDIA_ROOT).mkdir(parents=True, exist_ok=True)
+    (Path(settings.MEDIA_ROOT) / "checkpoints").write_text("a file where the folder goes: every save fails")
+    monkeypatch.setattr(services, "STOP_CHECK_SECONDS", 0)  # the flag is read at the next epoch end
+    job = training_job_start(dataset=colour_dataset, config=TrainConfig.from_dict(CONFIG), enqueue=False)
+    monkeypatch.setattr(services, "_send_again", lambda job_id: None)  # no broker in this test
+    real = services.JobReporter.epoch_end
+
+    def epoch_end(self, epoch, logs):
+        real(self, epoch, logs)
+        TrainingJob.objects.filter(pk=self.job_id).update(handback_requested=True)  # its worker got SIGTERM
+
+    monkeypatch.setattr(services.JobReporter, "epoch_end", epoch_end)
+    training_job_run(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.status == RunStatus.QUEUED and job.epoch == 1, job.error
+    assert any(m.startswith("Handed back to the queue") for m in _messages(job))

@@ -275,7 +275,7 @@ def _stopped(job_id: int, attempt: int, reporter: "JobReporter") -> None:
     if reason == "lost":
         logger.warning("job %s: attempt %s no longer owns the job; result dropped", job_id, attempt)
     elif reason == "handback":
-        checkpoint_upload(job_id, attempt)  # the next worker may be another host
+        _store_checkpoint(job_id, attempt)  # the next worker may be another host
         _hand_back(job_id, attempt)
     elif reason == "time limit":
         limit = _duration(settings.TRAIN_TIME_LIMIT)
@@ -283,6 +283,13 @@ def _stopped(job_id: int, attempt: int, reporter: "JobReporter") -> None:
                 error=f"Stopped: the attempt ran past its time limit of {limit} (TRAIN_TIME_LIMIT).")  # fmt: skip
     else:
         _finish(job_id, RunStatus.CANCELLED, attempt, error="Cancelled by a user.")
+
+
+def _store_checkpoint(job_id: int, attempt: int) -> None:
+    try:
+        checkpoint_upload(job_id, attempt)
+    except Exception:  # storage out of reach (S3 raises its own): the run goes on; a resume elsewhere loses more
+        logger.warning("job %s: checkpoint not stored", job_id, exc_info=True)
 
 
 def _hand_back(job_id: int, attempt: int) -> None:
@@ -559,10 +566,7 @@ class JobReporter:
         now = time.monotonic()
         if now - self.last_upload >= settings.TRAIN_CHECKPOINT_UPLOAD_SECONDS:
             self.last_upload = now
-            try:  # Keras saved this epoch's checkpoint just before (its callback runs first)
-                checkpoint_upload(self.job_id, self.attempt)
-            except Exception:  # storage out of reach (S3 raises its own): the run goes on; a resume loses more
-                logger.warning("job %s: checkpoint not stored", self.job_id, exc_info=True)
+            _store_checkpoint(self.job_id, self.attempt)  # Keras' callback saved this epoch first
 
     def _progress(self, epochs: float) -> float:
         return min(1 - self.share + self.share * epochs / self.epochs, 1.0)
