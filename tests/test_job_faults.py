@@ -198,7 +198,9 @@ def test_a_cancel_takes_effect_within_seconds_in_a_long_epoch(settings):
     """Issue 16, item 2: the cancel flag was read only at epoch ends."""
     dataset = dataset_create(name="many")
     images_add(dataset=dataset, items=colour_items(150))
-    config = TrainConfig.from_dict({"arch": "resnet", "size": "small", "image_size": 64, "epochs": 2, "batch_size": 2})
+    # 128 px: an epoch of several seconds even on a fast machine, so the cancel has to land inside it
+    # (at 64 px one took about 2 s, and a loaded machine once finished it before the cancel was read).
+    config = TrainConfig.from_dict({"arch": "resnet", "size": "small", "image_size": 128, "epochs": 2, "batch_size": 2})
     job = training_job_start(dataset=dataset, config=config, enqueue=False)
     thread = _run_in_thread(job.pk)
     try:
