@@ -9,7 +9,6 @@ starting on a worker whose folder is not the stored checkpoint fetches it, check
 hash and unpacks it. A checkpoint that is gone or damaged costs the run its progress,
 never the job: it starts from the beginning, saying why."""
 
-import hashlib
 import logging
 import shutil
 import tarfile
@@ -21,6 +20,7 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 
 from classifier_site.runs import RunStatus
+from trainer.ml.files import sha256_file
 from trainer.models import TrainingJob
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def checkpoint_upload(job_id: int, attempt: int) -> bool:
             for path in sorted(folder.iterdir()):
                 if path.name != MARKER:
                     tar.add(path, arcname=path.name)
-        sha = _sha256(packed)
+        sha = sha256_file(packed)
         with packed.open("rb") as fh:
             name = default_storage.save(f"checkpoints/job-{job_id}/{sha[:16]}.tar", File(fh))
     old = TrainingJob.objects.filter(pk=job_id).values_list("checkpoint_file", flat=True).first()
@@ -89,7 +89,7 @@ def _fetch(name: str, sha: str, folder: Path) -> None:
         packed = Path(tmp) / "checkpoint.tar"
         with default_storage.open(name) as src, packed.open("wb") as dst:
             shutil.copyfileobj(src, dst)
-        if _sha256(packed) != sha:
+        if sha256_file(packed) != sha:
             raise ValueError("its SHA-256 differs from the one recorded")
         unpacked = Path(tmp) / "unpacked"
         with tarfile.open(packed) as tar:
@@ -102,11 +102,3 @@ def _fetch(name: str, sha: str, folder: Path) -> None:
 def _parent(folder: Path) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     return folder.parent
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
