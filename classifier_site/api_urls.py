@@ -11,6 +11,7 @@ from datasets.labelling_api import LabelChangeViewSet
 from trainer.jobs.api import TrainingJobViewSet
 from trainer.registry.api import ModelVersionViewSet
 from trainer.reports.api import EvaluationViewSet
+from trainer.sweeps.api import SweepViewSet
 
 router = DefaultRouter()
 router.register("datasets", DatasetViewSet, basename="dataset")
@@ -19,6 +20,7 @@ router.register("labels", LabelViewSet, basename="label")
 router.register("label-changes", LabelChangeViewSet, basename="label-change")
 router.register("imports", ImportViewSet, basename="import")
 router.register("jobs", TrainingJobViewSet, basename="job")
+router.register("sweeps", SweepViewSet, basename="sweep")
 router.register("models", ModelVersionViewSet, basename="model")
 router.register("evaluations", EvaluationViewSet, basename="evaluation")
 router.register("scoring-runs", ScoringRunViewSet, basename="scoring-run")

@@ -26,6 +26,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("datasets/", include("datasets.urls")),
     path("jobs/", include("trainer.jobs.urls")),
+    path("sweeps/", include("trainer.sweeps.urls")),
     path("backbones/", include("trainer.backbones.urls")),
     path("evaluations/", include("trainer.reports.urls")),
     path("models/score/", include("classification.scoring.urls")),

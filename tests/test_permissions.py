@@ -28,6 +28,7 @@ from tests.factories import (
     PredictionFactory,
     ScoringRunFactory,
 )
+from trainer.models import Sweep
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 CELL = r"(\d{3}|login)"
@@ -75,6 +76,7 @@ def world(roles: dict[str, Client]) -> dict[str, object]:
         "label": image.label_id,
         "import": DatasetImportFactory(dataset=dataset).pk,
         "job": version.job_id,
+        "sweep": Sweep.objects.create(dataset=dataset, space={"learning_rate": [0.1]}, budget=1).pk,
         "model": version.pk,
         "export": ModelExportFactory(model_version=version).pk,
         "evaluation": evaluation.pk,

@@ -58,6 +58,10 @@ class TrainingJob(models.Model):
     # its SHA-256: a re-queued job resumes from it on any worker, whose own copy is a cache.
     checkpoint_file = models.CharField(max_length=300, blank=True, default="")
     checkpoint_sha256 = models.CharField(max_length=64, blank=True, default="")
+    # A trial of a sweep (trainer.sweeps); null for a job started on its own.
+    sweep = models.ForeignKey("Sweep", null=True, blank=True, on_delete=models.SET_NULL, related_name="trials")
+    # The epoch at which its sweep's successive halving stopped it (it ends cancelled, saying why).
+    stopped_at_rung = models.PositiveIntegerField(null=True, blank=True)
     replayed = False  # not a column: training_job_start sets it on a job it found by its key
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -119,6 +123,49 @@ class TrainingJob(models.Model):
         remaining_steps = (self.epochs - self.epoch) * self.steps - self.step
         batch = int(self.config.get("batch_size", 1))
         return max(remaining_steps, 0) * batch / self.images_per_second
+
+
+class SweepMethod(models.TextChoices):
+    GRID = "grid", "Grid: every combination"
+    RANDOM = "random", "Random samples"
+
+
+class Sweep(models.Model):
+    """A set of training configs run as ordinary jobs (its trials) on one frozen snapshot,
+    fanned out over the `gpu` workers; trials behind at a rung stop early (successive
+    halving, trainer.ml.sweep). It ends when every trial has, naming the best."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="sweeps")
+    # The config fields every trial shares (the architecture's defaults fill the rest) and the
+    # fields that vary: {"learning_rate": [0.1, 0.4], "weight_decay": {"low": 1e-4, "high": 1e-2, "log": true}}.
+    base_config = models.JSONField(default=dict)
+    space = models.JSONField()
+    method = models.CharField(max_length=10, choices=SweepMethod.choices, default=SweepMethod.GRID)
+    budget = models.PositiveIntegerField()  # the most trials
+    seed = models.PositiveIntegerField(default=0)
+    early_stopping = models.BooleanField(default=True)
+    eta = models.PositiveSmallIntegerField(default=3)  # a rung keeps its top 1/eta
+    first_rung = models.PositiveIntegerField(default=1)  # rungs at first_rung * eta^k epochs
+    promote_best = models.BooleanField(default=False)
+    status = models.CharField(max_length=10, choices=RunStatus.choices, default=RunStatus.RUNNING)
+    best_job = models.ForeignKey(TrainingJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    best_score = models.FloatField(null=True, blank=True)
+    # How it ended: which trial won and whether it was promoted (or why not).
+    outcome = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status"])]
+
+    def __str__(self) -> str:
+        return f"Sweep {self.pk} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED
 
 
 class ModelVersion(models.Model):

@@ -21,18 +21,21 @@ from django.utils import timezone
 from datasets.services import imports_reap
 from trainer.jobs.services import Reaped, training_jobs_reap
 from trainer.models import ReaperPass
+from trainer.sweeps.trials import sweeps_settle_all
 
 logger = logging.getLogger(__name__)
 
 
 def reaper_pass() -> Reaped:
     """One pass; its stamp is written after it, so a pass that fails leaves the old one.
-    Imports whose worker died are its business too (`imports_reap`), reported under "imports"."""
+    Imports whose worker died are its business too (`imports_reap`), reported under "imports",
+    and sweeps whose last trial ended without settling them ("sweeps")."""
     reaped = training_jobs_reap()
     imports = imports_reap()
+    sweeps = sweeps_settle_all()
     if imports.requeued or imports.failed or imports.files_removed:
         logger.warning("reaper: imports %s", asdict(imports))
-    summary = {**asdict(reaped), "imports": asdict(imports)}
+    summary = {**asdict(reaped), "imports": asdict(imports), "sweeps_settled": sweeps}
     ReaperPass.objects.update_or_create(
         pk=1, defaults={"host": socket.gethostname()[:200], "finished_at": timezone.now(), "summary": summary}
     )

@@ -36,6 +36,7 @@ from trainer.ml.config import ConfigError, TrainConfig
 from trainer.ml.reporting import Interrupted
 from trainer.models import TrainingJob
 from trainer.registry.services import model_version_create
+from trainer.sweeps.trials import sweep_settle, trial_verdict
 
 logger = logging.getLogger(__name__)
 
@@ -139,9 +140,10 @@ def training_job_cancel(*, job: TrainingJob) -> TrainingJob:
     (its next progress write), at its current batch."""
     jobs = TrainingJob.objects.filter(pk=job.pk)
     jobs.filter(status=RunStatus.RUNNING).update(cancel_requested=True)
-    jobs.filter(status=RunStatus.QUEUED).update(
+    if jobs.filter(status=RunStatus.QUEUED).update(
         status=RunStatus.CANCELLED, finished_at=timezone.now(), cancel_requested=True
-    )
+    ):
+        _settle_sweep_on_commit(job.pk)
     job.refresh_from_db()
     return job
 
@@ -183,6 +185,14 @@ def _finished(job_id: int, status: str, fields: dict[str, Any]) -> None:
     stored = jobs.values_list("checkpoint_file", flat=True).first() or ""
     jobs.update(checkpoint_file="", checkpoint_sha256="")
     checkpoints_remove(job_id, stored)
+    _settle_sweep_on_commit(job_id)
+
+
+def _settle_sweep_on_commit(job_id: int) -> None:
+    # After the commit: the sweep's best is chosen among committed results, and a failed
+    # promotion cannot roll this job's own ending back.
+    if sweep_id := TrainingJob.objects.filter(pk=job_id).values_list("sweep_id", flat=True).first():
+        transaction.on_commit(partial(sweep_settle, sweep_id=sweep_id))
 
 
 def _claim_fields() -> dict[str, Any]:
@@ -246,7 +256,7 @@ def _train(job: TrainingJob, attempt: int, watch: "Watch") -> None:
     backbone = _backbone(requested)  # a missing file fails the job now, not after loading the data
     _running(job.pk, attempt).update(device=device[:200], environment=package_versions())
     reporter = JobReporter(job.pk, attempt, requested.total_epochs, job.history, transfer=backbone is not None,
-                           watch=watch)  # fmt: skip
+                           watch=watch, sweep_id=job.sweep_id)  # fmt: skip
     try:
         reporter.phase("decoding", 0, len(job.snapshot["images"]))
         data = _load_data(job, requested.image_size, progress=partial(reporter.phase, "decoding"))
@@ -277,6 +287,8 @@ def _stopped(job_id: int, attempt: int, reporter: "JobReporter") -> None:
     elif reason == "handback":
         _store_checkpoint(job_id, attempt)  # the next worker may be another host
         _hand_back(job_id, attempt)
+    elif reason == "rung":  # its sweep's successive halving: behind the others at this epoch
+        _finish(job_id, RunStatus.CANCELLED, attempt, error=reporter.rung_verdict, stopped_at_rung=reporter.rung_epoch)
     elif reason == "time limit":
         limit = _duration(settings.TRAIN_TIME_LIMIT)
         _finish(job_id, RunStatus.FAILED, attempt,
@@ -525,11 +537,14 @@ class JobReporter:
         *,
         transfer: bool = False,
         watch: Watch | None = None,
+        sweep_id: int | None = None,
     ) -> None:
         self.job_id, self.attempt, self.epochs = job_id, attempt, epochs
+        self.sweep_id = sweep_id  # a sweep's trial: judged at its rungs
+        self.rung_verdict, self.rung_epoch = "", 0
         self.history: list[dict[str, float]] = list(history or [])
         self.lost = False  # the reaper gave the job to another attempt
-        self.stop_reason = ""  # why should_stop() said yes: cancel, handback, time limit, lost
+        self.stop_reason = ""  # why should_stop() said yes: cancel, handback, time limit, lost, rung
         # Transfer jobs spend most of their time in the feature pass; epochs on features take seconds.
         self.share = TRANSFER_EPOCH_SHARE if transfer else 1.0
         self.last_phase_write = self.last_check = self.last_upload = 0.0
@@ -563,10 +578,17 @@ class JobReporter:
     def epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         self.history = [h for h in self.history if h.get("epoch", 0) <= epoch] + [{"epoch": epoch + 1, **logs}]
         self._update(epoch=epoch + 1, history=self.history, progress=self._progress(epoch + 1))
+        if self.sweep_id and not self.stop_reason:
+            self._judge_at_rung(epoch + 1, logs)
         now = time.monotonic()
         if now - self.last_upload >= settings.TRAIN_CHECKPOINT_UPLOAD_SECONDS:
             self.last_upload = now
             _store_checkpoint(self.job_id, self.attempt)  # Keras' callback saved this epoch first
+
+    def _judge_at_rung(self, epoch: int, logs: dict[str, float]) -> None:
+        assert self.sweep_id is not None
+        if verdict := trial_verdict(sweep_id=self.sweep_id, epoch=epoch, epochs=self.epochs, logs=logs):
+            self.stop_reason, self.rung_verdict, self.rung_epoch = "rung", verdict, epoch
 
     def _progress(self, epochs: float) -> float:
         return min(1 - self.share + self.share * epochs / self.epochs, 1.0)

@@ -180,7 +180,7 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown config fields: {', '.join(sorted(unknown))}")
         try:
-            typed = {k: _coerce(known[k].type, v) for k, v in values.items()}
+            typed = {k: coerce(known[k].type, v) for k, v in values.items()}
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"bad config value: {exc}") from exc
         return cls.defaults(typed.get("arch", cls.arch)).replace(**typed)
@@ -229,7 +229,7 @@ def _check_range(name: str, value: int, low: int, high: int) -> None:
         raise ConfigError(f"{name}: must be between {low} and {high}, got {value}")
 
 
-def _coerce(kind: Any, value: Any) -> Any:
+def coerce(kind: Any, value: Any) -> Any:
     # Values come from forms, JSON and the command line; accept "10" for 10 and "on" for True.
     if kind in (bool, "bool"):
         if isinstance(value, str):
