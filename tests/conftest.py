@@ -86,6 +86,7 @@ DATABASE_DEPENDENT = {
     "tests/test_training.py::test_cancel_": "compare-and-set status changes",
     "tests/test_training.py::test_reaper_": "the reaper's conditional updates",
     "tests/test_training.py::test_heartbeat_thread": "a second connection from a thread",
+    "tests/test_sweeps.py::test_the_reaper_ends_a_sweep": "the sweep's compare-and-set ending",
     "tests/test_export.py::test_requests_are_idempotent_and_a_duplicate_delivery_converts_nothing": "get_or_create",
     "tests/test_export.py::test_an_export_whose_worker_died_can_be_asked_for_again": "conditional requeue",
     "tests/test_scoring.py::test_one_active_run_per_dataset": "a partial unique index",
