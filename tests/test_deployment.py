@@ -16,11 +16,27 @@ def _compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
+APP_SERVICES = ("web", "worker-gpu0", "worker-default", "reaper")
+
+
 def test_compose_has_its_services_with_health_checks():
     services = _compose()["services"]
-    assert set(services) == {"web", "worker", "worker-default", "reaper", "redis", "postgres"}
-    assert all("healthcheck" in s for s in services.values())
-    assert set(_compose()["volumes"]) == {"media", "postgres", "redis", "training"}
+    assert set(services) == {*APP_SERVICES, "objectstore", "objectstore-bucket", "redis", "postgres"}
+    one_shot = {name for name, s in services.items() if s.get("restart") == "no"}
+    assert one_shot == {"objectstore-bucket"}  # creates the bucket and exits
+    assert all("healthcheck" in s for name, s in services.items() if name not in one_shot)
+
+
+def test_no_disk_is_shared_between_services_files_go_to_the_object_store():
+    """Issue 17: every file more than one process needs lives in storage; a worker's volume is its own cache."""
+    services = _compose()["services"]
+    mounts = [v.split(":")[0] for s in services.values() for v in s.get("volumes", [])]
+    assert len(mounts) == len(set(mounts)), mounts
+    for name in APP_SERVICES:
+        env = services[name]["environment"]
+        assert env["AWS_STORAGE_BUCKET_NAME"] and env["AWS_S3_ENDPOINT_URL"] == "http://objectstore:9000"
+        assert "MEDIA_ROOT" not in env
+    assert "objectstore-bucket" in services["web"]["depends_on"]
 
 
 def _procfile() -> dict[str, str]:
@@ -54,22 +70,23 @@ def test_the_reaper_is_its_own_process_needing_no_broker_in_compose_and_the_proc
 
 
 def test_worker_reserves_a_gpu_and_consumes_the_gpu_queue():
-    worker = _compose()["services"]["worker"]
+    worker = _compose()["services"]["worker-gpu0"]
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["device_ids"] == ["0"]
+    assert worker["environment"]["CUDA_VISIBLE_DEVICES"] == "0"  # one worker per GPU, seeing only its own
     assert "--queues gpu " in worker["command"] and "--concurrency 1" in worker["command"]
     assert "deploy" not in _compose()["services"]["worker-default"]  # short work needs no GPU
 
 
-def test_web_and_worker_wait_for_their_dependencies_and_share_media():
+def test_web_and_workers_wait_for_their_dependencies():
     services = _compose()["services"]
-    for name in ("web", "worker", "worker-default"):
+    for name in ("web", "worker-gpu0", "worker-default"):
         depends = services[name]["depends_on"]
         assert depends["postgres"]["condition"] == depends["redis"]["condition"] == "service_healthy"
+        assert depends["objectstore-bucket"]["condition"] == "service_completed_successfully"
         assert services[name]["env_file"] == ".env"
-        assert "media:/var/lib/classifier_site/media" in services[name]["volumes"]
         assert services[name]["environment"]["CELERY_BROKER_URL"].startswith("redis://redis:")
-    assert "training:/var/lib/classifier_site/training" in services["worker"]["volumes"]
+    assert "training-gpu0:/var/lib/classifier_site/training" in services["worker-gpu0"]["volumes"]
 
 
 def test_env_example_lists_every_variable_settings_read():
