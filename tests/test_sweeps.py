@@ -91,10 +91,10 @@ def test_a_sweep_with_a_bad_field_starts_no_job(colour_dataset):
 def test_successive_halving_stops_the_trial_behind_and_the_best_is_promoted(
     colour_dataset, django_capture_on_commit_callbacks
 ):
-    """Trial 1 learns (Adam 1e-2); trial 2 (1e-7) cannot. At the rung (epoch 2, eta 2) the
+    """Trial 1 learns (Adam 1e-2); trial 2 (1e-7) cannot. At the rung (epoch 3, eta 2) the
     second has a peer to be judged against and is behind: it stops there, saying why."""
     sweep = sweep_start(
-        dataset=colour_dataset, space={"learning_rate": [1e-2, 1e-7]}, base=FAST, eta=2, first_rung=2,
+        dataset=colour_dataset, space={"learning_rate": [1e-2, 1e-7]}, base=FAST, eta=2, first_rung=3,
         promote_best=True,
     )  # fmt: skip
     good, bad = sweep.trials.order_by("pk")
@@ -103,8 +103,8 @@ def test_successive_halving_stops_the_trial_behind_and_the_best_is_promoted(
             training_job_run(job_id=trial.pk)
     good.refresh_from_db(), bad.refresh_from_db(), sweep.refresh_from_db()
     assert good.status == RunStatus.SUCCEEDED and good.epoch == 4 and good.stopped_at_rung is None
-    assert bad.status == RunStatus.CANCELLED and bad.stopped_at_rung == 2 and bad.epoch == 2
-    assert "Stopped early by its sweep at epoch 2" in bad.error and not hasattr(bad, "model_version")
+    assert bad.status == RunStatus.CANCELLED and bad.stopped_at_rung == 3 and bad.epoch == 3
+    assert "Stopped early by its sweep at epoch 3" in bad.error and not hasattr(bad, "model_version")
     assert sweep.status == RunStatus.SUCCEEDED and sweep.best_job_id == good.pk
     assert sweep.best_score == max(e["val_accuracy"] for e in good.history)
     assert good.model_version.is_promoted and f"Promoted as v{good.model_version.pk}" in sweep.outcome
