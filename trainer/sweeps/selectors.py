@@ -9,7 +9,7 @@ from django.db.models import Count, QuerySet
 from django.http import Http404
 
 from classifier_site.permissions import is_admin
-from trainer.ml.sweep import METRIC, rungs
+from trainer.ml.sweep import METRIC
 from trainer.models import Sweep, TrainingJob
 from trainer.sweeps.trials import trial_score
 
@@ -57,11 +57,6 @@ def sweep_curves(trials: list[Trial]) -> list[dict[str, Any]]:
 def _curve(trial: Trial) -> dict[str, Any]:
     points = [[e["epoch"], e[METRIC]] for e in trial.job.history if METRIC in e]
     return {"job": trial.job.pk, "label": f"job {trial.job.pk}: {trial.label}", "best": trial.is_best, "points": points}
-
-
-def sweep_rungs(sweep: Sweep, epochs: int) -> list[int]:
-    """The epochs at which a trial of `epochs` epochs is judged ([] without early stopping)."""
-    return rungs(first=sweep.first_rung, eta=sweep.eta, epochs=epochs) if sweep.early_stopping else []
 
 
 def sweep_compare_ids(trials: list[Trial]) -> list[int]:

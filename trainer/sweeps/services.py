@@ -38,12 +38,13 @@ def sweep_start(
     """Record the sweep and one queued job per trial, all on one frozen snapshot (so trials
     differ only in their configs), sent to the workers once the transaction commits."""
     base = dict(base or {})
+    space = _typed(space)
     configs = _trial_configs(base, space, method=method, budget=budget, seed=seed)
     if not 2 <= eta <= 10 or first_rung < 1:
         raise SweepRefused("eta: must be between 2 and 10, and first_rung at least 1")
     with transaction.atomic():
         sweep = Sweep.objects.create(
-            dataset=dataset, base_config=base, space=typed_space(space), method=method, budget=budget, seed=seed,
+            dataset=dataset, base_config=base, space=space, method=method, budget=budget, seed=seed,
             early_stopping=early_stopping, eta=eta, first_rung=first_rung, promote_best=promote_best,
             created_by=user,
         )  # fmt: skip
@@ -56,9 +57,16 @@ def sweep_start(
     return sweep
 
 
+def _typed(space: Space) -> Space:
+    try:
+        return typed_space(space)
+    except ConfigError as exc:
+        raise SweepRefused(str(exc)) from exc
+
+
 def _trial_configs(base: dict[str, Any], space: Space, **how: Any) -> list[TrainConfig]:
     try:
-        params = trial_params(typed_space(space), **how)
+        params = trial_params(space, **how)
         # Each trial starts from its own architecture's defaults: a backbone in the space gets its image size.
         return [TrainConfig.from_dict({**base, **trial}) for trial in params]
     except ConfigError as exc:
