@@ -23,8 +23,11 @@ $(BIN)/.installed: requirements.txt
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $@
 
-$(BIN)/.installed-dev: $(BIN)/.installed requirements-dev.txt
+$(BIN)/.installed-dev: $(BIN)/.installed requirements-dev.txt tests/node/package-lock.json
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	# The S3-compatible server of the storage integration test (tests/s3server.py), pinned by its lock file.
+	mkdir -p $(VENV)/s3server && cp tests/node/package.json tests/node/package-lock.json $(VENV)/s3server/
+	npm ci --prefix $(VENV)/s3server --silent --no-audit --no-fund
 	touch $@
 
 install: $(BIN)/.installed

@@ -5,6 +5,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.core.management import call_command
 from django.utils import timezone
 
@@ -56,6 +58,8 @@ def test_a_job_requeued_to_another_worker_resumes_from_the_checkpoint_in_storage
 ):
     job = _killed_on_worker_a(colour_dataset, monkeypatch, tmp_path, settings)
     call_command("verify_storage")  # the running job's checkpoint is named by its row: no orphan
+    # What a worker killed between storing a checkpoint and naming it on the row leaves.
+    stray = default_storage.save(f"checkpoints/job-{job.pk}/0123456789abcdef.tar", ContentFile(b"stray"))
 
     training_job_run(job_id=job.pk)
     job.refresh_from_db()
@@ -66,6 +70,7 @@ def test_a_job_requeued_to_another_worker_resumes_from_the_checkpoint_in_storage
     # Finished: the stored checkpoint and the worker's copy are gone.
     stored = Path(settings.MEDIA_ROOT) / "checkpoints"
     assert job.checkpoint_file == "" and not [p for p in stored.rglob("*") if p.is_file()]
+    assert not default_storage.exists(stray)
     assert not any((tmp_path / "worker-b" / "checkpoints").glob("*"))
 
 

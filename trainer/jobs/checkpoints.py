@@ -47,7 +47,7 @@ def checkpoint_upload(job_id: int, attempt: int) -> bool:
                     tar.add(path, arcname=path.name)
         sha = sha256_file(packed)
         with packed.open("rb") as fh:
-            name = default_storage.save(f"checkpoints/job-{job_id}/{sha[:16]}.tar", File(fh))
+            name = default_storage.save(f"{_stored_prefix(job_id)}/{sha[:16]}.tar", File(fh))
     old = TrainingJob.objects.filter(pk=job_id).values_list("checkpoint_file", flat=True).first()
     running = TrainingJob.objects.filter(pk=job_id, status=RunStatus.RUNNING, attempts=attempt)
     if not running.update(checkpoint_file=name, checkpoint_sha256=sha):
@@ -77,11 +77,22 @@ def checkpoint_restore(job: TrainingJob) -> str:
     return "Fetched its checkpoint from storage."
 
 
-def checkpoints_remove(job_id: int, stored: str = "") -> None:
-    """A finished job's checkpoints: this worker's folder and the stored file."""
+def checkpoints_remove(job_id: int) -> None:
+    """A finished job's checkpoints: this worker's folder and every stored file of the job,
+    also one that a worker killed between storing it and naming it on the row left behind."""
     shutil.rmtree(checkpoint_dir(job_id), ignore_errors=True)
-    if stored:
-        default_storage.delete(stored)
+    prefix = _stored_prefix(job_id)
+    try:
+        for name in default_storage.listdir(prefix)[1]:
+            default_storage.delete(f"{prefix}/{name}")
+    except FileNotFoundError:  # local storage: the job never stored one
+        return
+    except Exception:  # storage out of reach (S3 raises its own): the job ends; verify_storage lists what is left
+        logger.warning("job %s: stored checkpoints not removed", job_id, exc_info=True)
+
+
+def _stored_prefix(job_id: int) -> str:
+    return f"checkpoints/job-{job_id}"
 
 
 def _fetch(name: str, sha: str, folder: Path) -> None:

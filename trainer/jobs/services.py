@@ -181,10 +181,8 @@ def _finish(job_id: int, status: str, attempt: int | None = None, **fields: Any)
 
 def _finished(job_id: int, status: str, fields: dict[str, Any]) -> None:
     _log(job_id, None, fields.get("error") or f"{RunStatus(status).label}.")
-    jobs = TrainingJob.objects.filter(pk=job_id)
-    stored = jobs.values_list("checkpoint_file", flat=True).first() or ""
-    jobs.update(checkpoint_file="", checkpoint_sha256="")
-    checkpoints_remove(job_id, stored)
+    TrainingJob.objects.filter(pk=job_id).update(checkpoint_file="", checkpoint_sha256="")
+    checkpoints_remove(job_id)
     _settle_sweep_on_commit(job_id)
 
 
