@@ -204,6 +204,8 @@ STORAGES = {
 
 # Where workers and predictors keep local copies of model files fetched from storage.
 MODEL_CACHE_DIR = Path(env.str("MODEL_CACHE_DIR", default=str(VAR_DIR / "model-cache")))
+# Its budget: past it, the least recently used copies go (classifier_site.local_cache).
+MODEL_CACHE_MAX_MB = env.int("MODEL_CACHE_MAX_MB", default=4096)
 
 # Uploads larger than this are refused (413) before they are read into memory.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=20 * 1024 * 1024)
@@ -402,6 +404,9 @@ TRAIN_REPUBLISH_SECONDS = env.int("TRAIN_REPUBLISH_SECONDS", default=900)
 TRAIN_CHECKPOINT_UPLOAD_SECONDS = env.float("TRAIN_CHECKPOINT_UPLOAD_SECONDS", default=60.0)
 # Worker-local: per-epoch checkpoints and the decoded-image cache shared by jobs.
 TRAIN_WORK_DIR = Path(env.str("TRAIN_WORK_DIR", default=str(VAR_DIR / "training")))
+# The budget of its decoded-image and feature caches (checkpoints of running jobs do not count):
+# past it, the least recently used entries go (classifier_site.local_cache).
+TRAIN_CACHE_MAX_MB = env.int("TRAIN_CACHE_MAX_MB", default=20480)
 # Keras' cache of pretrained weights; read once when Keras is imported, so set here.
 KERAS_HOME = env.str("KERAS_HOME", default=str(VAR_DIR / "keras"))
 os.environ.setdefault("KERAS_HOME", KERAS_HOME)

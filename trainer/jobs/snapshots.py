@@ -25,6 +25,7 @@ import numpy as np
 from django.conf import settings
 from django.core.files.storage import default_storage
 
+from classifier_site.local_cache import cache_touch, cache_trim
 from datasets.imaging import ImageRejected, load_array
 from datasets.models import Image, Split
 from trainer.ml.backbones import Backbone, feature_extractor, installed_path
@@ -49,6 +50,7 @@ def snapshot_arrays(snapshot: dict[str, Any], image_size: int, progress: Progres
         _decode_into(folder, entries, files, image_size, progress)
     else:
         logger.info("decoded images from the cache: %s", folder)
+    _used(folder)
 
     def split(name: str) -> ArraySplit:
         x = np.load(folder / f"{name}_x.npy", mmap_mode="r")
@@ -177,7 +179,7 @@ def snapshot_features(
     """The backbone's features of the snapshot's decoded images, from the cache or computed once."""
     folder = features_folder(snapshot, backbone, image_size=image_size)
     splits = {"train": data.train, "val": data.val, "test": data.test}
-    return cached_or_computed(
+    features = cached_or_computed(
         folder,
         lambda: feature_extractor(backbone, image_size),
         {name: split.x for name, split in splits.items()},
@@ -185,6 +187,15 @@ def snapshot_features(
         views=views,
         progress=progress,
     )
+    _used(folder)
+    return features
+
+
+def _used(folder: Path) -> None:
+    """`folder` was just used: it goes last when the host's cache is past its budget."""
+    cache_touch(folder)
+    work = Path(settings.TRAIN_WORK_DIR)
+    cache_trim([work / "arrays", work / "features"], settings.TRAIN_CACHE_MAX_MB * 2**20, keep=[folder])
 
 
 def cached_features(snapshot: dict[str, Any], backbone: Backbone, *, image_size: int) -> dict[int, np.ndarray]:

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import default_storage
 
+from classifier_site.local_cache import cache_touch, cache_trim
 from datasets.imaging import ImageRejected, load_array
 from datasets.models import Image, Split
 from trainer.ml.files import sha256_file
@@ -100,9 +101,11 @@ def local_model_file(version: ModelVersion) -> Path:
             partial.unlink(missing_ok=True)
             raise NoModelAvailable(f"Model file of version {version.pk} is missing.") from exc
         partial.replace(cache)
+        cache_trim([cache.parent], settings.MODEL_CACHE_MAX_MB * 2**20, keep=[cache])
     if sha256_file(cache) != version.sha256:
         cache.unlink(missing_ok=True)
         raise NoModelAvailable(f"Model file of version {version.pk} is damaged (checksum mismatch).")
+    cache_touch(cache)
     return cache
 
 
