@@ -302,6 +302,40 @@ def test_a_changed_backbone_file_or_snapshot_recomputes_the_features(tiny, colou
 
 
 @pytest.mark.django_db
+def test_a_worker_on_another_host_reuses_the_features_stored_by_the_first(tiny, colour_dataset, settings, tmp_path):
+    from django.core.management import call_command
+
+    from trainer.jobs.services import training_job_repeat, training_job_run, training_job_start
+
+    settings.TRAIN_WORK_DIR = tmp_path / "host-a"
+    job = training_job_start(dataset=colour_dataset, config=TrainConfig.from_dict({"arch": "tiny", "epochs": 3}),
+                             enqueue=False)  # fmt: skip
+    training_job_run(job_id=job.pk)
+    stored = [p for p in (Path(settings.MEDIA_ROOT) / "features").rglob("*.tar")]
+    assert len(stored) == 1
+    call_command("verify_storage")  # named by the job's snapshot, with its SHA-256: no orphan
+
+    settings.TRAIN_WORK_DIR = tmp_path / "host-b"  # no disk in common with host A
+    again = training_job_repeat(job=job)
+    training_job_run(job_id=again.pk)
+    again.refresh_from_db()
+    messages = [e["message"] for e in again.events]
+    assert again.status == "succeeded" and "Features reused from stored by another worker" not in messages
+    assert any(m.startswith("Features reused from storage") for m in messages), messages
+
+    # Damaged in storage: the next host computes its own, and the job succeeds all the same.
+    data = bytearray(stored[0].read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    stored[0].write_bytes(bytes(data))
+    settings.TRAIN_WORK_DIR = tmp_path / "host-c"
+    third = training_job_repeat(job=job)
+    training_job_run(job_id=third.pk)
+    third.refresh_from_db()
+    assert third.status == "succeeded" and not any("Features reused" in e["message"] for e in third.events)
+    assert [p.read_bytes() != bytes(data) for p in (Path(settings.MEDIA_ROOT) / "features").rglob("*.tar")] == [True]
+
+
+@pytest.mark.django_db
 def test_scoring_with_a_transfer_model_reuses_its_jobs_features(tiny, colour_dataset, monkeypatch):
     from classification.scoring.services import scoring_run, scoring_start
     from datasets.models import Image

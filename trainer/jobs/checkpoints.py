@@ -11,16 +11,13 @@ never the job: it starts from the beginning, saying why."""
 
 import logging
 import shutil
-import tarfile
-import tempfile
 from pathlib import Path
 
 from django.conf import settings
-from django.core.files import File
 from django.core.files.storage import default_storage
 
 from classifier_site.runs import RunStatus
-from trainer.ml.files import sha256_file
+from trainer.jobs.stored_folders import folder_fetch, folder_store
 from trainer.models import TrainingJob
 
 logger = logging.getLogger(__name__)
@@ -39,15 +36,7 @@ def checkpoint_upload(job_id: int, attempt: int) -> bool:
     folder = checkpoint_dir(job_id)
     if not any(p.name != MARKER for p in folder.glob("*")):
         return False
-    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-        packed = Path(tmp) / "checkpoint.tar"
-        with tarfile.open(packed, "w") as tar:  # weights do not compress: plain tar
-            for path in sorted(folder.iterdir()):
-                if path.name != MARKER:
-                    tar.add(path, arcname=path.name)
-        sha = sha256_file(packed)
-        with packed.open("rb") as fh:
-            name = default_storage.save(f"{_stored_prefix(job_id)}/{sha[:16]}.tar", File(fh))
+    name, sha = folder_store(folder, lambda sha: f"{_stored_prefix(job_id)}/{sha[:16]}.tar", frozenset({MARKER}))
     old = TrainingJob.objects.filter(pk=job_id).values_list("checkpoint_file", flat=True).first()
     running = TrainingJob.objects.filter(pk=job_id, status=RunStatus.RUNNING, attempts=attempt)
     if not running.update(checkpoint_file=name, checkpoint_sha256=sha):
@@ -69,7 +58,8 @@ def checkpoint_restore(job: TrainingJob) -> str:
     if marker.exists() and marker.read_text() == job.checkpoint_sha256:
         return ""  # this worker made it or fetched it, and may have gone further since
     try:
-        _fetch(job.checkpoint_file, job.checkpoint_sha256, folder)
+        folder_fetch(job.checkpoint_file, job.checkpoint_sha256, folder)
+        (folder / MARKER).write_text(job.checkpoint_sha256)
     except Exception as exc:  # gone, damaged, storage out of reach (S3 raises its own): start over
         shutil.rmtree(folder, ignore_errors=True)
         logger.warning("job %s: stored checkpoint %s unusable: %s", job.pk, job.checkpoint_file, exc)
@@ -93,23 +83,3 @@ def checkpoints_remove(job_id: int) -> None:
 
 def _stored_prefix(job_id: int) -> str:
     return f"checkpoints/job-{job_id}"
-
-
-def _fetch(name: str, sha: str, folder: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=_parent(folder)) as tmp:
-        packed = Path(tmp) / "checkpoint.tar"
-        with default_storage.open(name) as src, packed.open("wb") as dst:
-            shutil.copyfileobj(src, dst)
-        if sha256_file(packed) != sha:
-            raise ValueError("its SHA-256 differs from the one recorded")
-        unpacked = Path(tmp) / "unpacked"
-        with tarfile.open(packed) as tar:
-            tar.extractall(unpacked, filter="data")  # no links out, no absolute paths
-        (unpacked / MARKER).write_text(sha)
-        shutil.rmtree(folder, ignore_errors=True)
-        shutil.move(unpacked, folder)
-
-
-def _parent(folder: Path) -> Path:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    return folder.parent

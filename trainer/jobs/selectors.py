@@ -8,6 +8,7 @@ from django.http import Http404
 
 from classifier_site.permissions import is_admin
 from classifier_site.storage_audit import Reference
+from trainer.jobs.feature_store import stored_feature_references
 from trainer.models import TrainingJob
 
 
@@ -42,7 +43,10 @@ def job_get(*, user: AbstractBaseUser | AnonymousUser, pk: int) -> TrainingJob:
 
 
 def training_stored_files() -> Iterator[Reference]:
-    """Files of training for verify_storage: each unfinished job's checkpoint, with its SHA-256."""
+    """Files of training for verify_storage: each unfinished job's checkpoint and the stored
+    feature caches of every job's snapshot, with their SHA-256."""
     rows = TrainingJob.objects.exclude(checkpoint_file="").values_list("pk", "checkpoint_file", "checkpoint_sha256")
     for pk, name, sha in rows.iterator(chunk_size=2000):
         yield Reference(name, f"training job {pk} (checkpoint)", sha)
+    snapshots = TrainingJob.objects.values_list("snapshot__hash", flat=True).distinct()
+    yield from stored_feature_references({h for h in snapshots if isinstance(h, str)})

@@ -349,7 +349,8 @@ def _features(job: TrainingJob, data: Any, config: TrainConfig, backbone: Any, r
     features = snapshot_features(job.snapshot, data, backbone, image_size=config.image_size,
                                  views=config.feature_views, progress=partial(reporter.phase, "features"))  # fmt: skip
     if features.reused:
-        _log(job.pk, reporter.attempt, "Features reused from the cache (same snapshot, backbone and size).")
+        where = "storage (stored by another worker)" if features.fetched else "the cache"
+        _log(job.pk, reporter.attempt, f"Features reused from {where} (same snapshot, backbone and size).")
     return features
 
 

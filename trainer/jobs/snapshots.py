@@ -6,7 +6,8 @@ reduced DCT scale); later jobs on the same snapshot and size (another
 architecture, "run again", a resumed attempt) memory-map them instead of
 decoding again, and a dataset larger than memory streams from the page cache.
 Frozen-backbone features are cached the same way under TRAIN_WORK_DIR/features,
-keyed by the image cache, the backbone file's SHA-256 and the size.
+keyed by the image cache, the backbone file's SHA-256 and the size, and shared with
+other hosts through storage (trainer.jobs.feature_store).
 """
 
 import functools
@@ -18,6 +19,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from django.core.files.storage import default_storage
 from classifier_site.local_cache import cache_touch, cache_trim
 from datasets.imaging import ImageRejected, load_array
 from datasets.models import Image, Split
+from trainer.jobs.feature_store import features_fetch, features_store
 from trainer.ml.backbones import Backbone, feature_extractor, installed_path
 from trainer.ml.features import Features, Progress, cached_or_computed
 from trainer.ml.files import sha256_file
@@ -178,6 +181,7 @@ def snapshot_features(
 ) -> Features:
     """The backbone's features of the snapshot's decoded images, from the cache or computed once."""
     folder = features_folder(snapshot, backbone, image_size=image_size)
+    fetched = not (folder / "complete").exists() and features_fetch(folder, snapshot["hash"])
     splits = {"train": data.train, "val": data.val, "test": data.test}
     features = cached_or_computed(
         folder,
@@ -187,8 +191,10 @@ def snapshot_features(
         views=views,
         progress=progress,
     )
+    if not features.reused:
+        features_store(folder, snapshot["hash"])
     _used(folder)
-    return features
+    return replace(features, fetched=fetched and features.reused)
 
 
 def _used(folder: Path) -> None:

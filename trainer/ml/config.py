@@ -24,6 +24,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("one_cycle", "cosine", "constant")
 SIZES = ("auto", "small", "medium", "large")
 SWITCHES = ("auto", "on", "off")
+DEVICES = ("one", "all")
 
 
 # Fields whose values come from a fixed list (forms show them as menus).
@@ -34,6 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "schedule": SCHEDULES,
     "class_weighting": SWITCHES,
     "mixed_precision": SWITCHES,
+    "devices": DEVICES,
 }
 # The fields a new-job form shows first; the rest sit in its advanced section.
 BASIC_FIELDS = ("arch", "epochs", "batch_size", "learning_rate", "image_size")
@@ -58,6 +60,9 @@ HELP = {
     "flip_tta": "Predict on the image and its mirror and average the two.",
     "mixed_precision": "auto: float16 compute on a GPU, bfloat16 on a CPU with bfloat16 units (AMX, AVX-512 BF16), "
     "full precision elsewhere.",
+    "devices": "one: the worker's one device; all: every GPU the worker sees, one replica each "
+    "(tf.distribute.MirroredStrategy), batch size and learning rate multiplied by their number "
+    "(from-scratch architectures).",
     "fine_tune_epochs": "Pretrained backbones: epochs fine-tuning the backbone's top layers after the head "
     "(0 = off); kept only if it beats the frozen head on validation.",
     "fine_tune_learning_rate": "Pretrained backbones: the (low) rate for fine-tuning.",
@@ -104,6 +109,7 @@ class TrainConfig:
     weight_averaging: bool = True  # exponential moving average of the weights (resnet recipe)
     flip_tta: bool = True  # average predictions on the image and its mirror
     mixed_precision: str = "auto"  # auto: on for a GPU or a CPU with bfloat16 units
+    devices: str = "one"  # all: data-parallel over every GPU the worker sees (trainer.ml.train.distribution)
     # Pretrained backbones: `epochs` train the head on the frozen base, then these fine-tune it all.
     fine_tune_epochs: int = 0
     fine_tune_learning_rate: float = 1e-5
@@ -118,6 +124,7 @@ class TrainConfig:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("class_weighting", self.class_weighting, SWITCHES)
         _check_choice("mixed_precision", self.mixed_precision, SWITCHES)
+        _check_choice("devices", self.devices, DEVICES)
         _check_range("image_size", self.image_size, 24, 512)
         _check_range("epochs", self.epochs, 1, 1000)
         _check_range("fine_tune_epochs", self.fine_tune_epochs, 0, 1000)

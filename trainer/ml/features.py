@@ -33,6 +33,7 @@ class Features:
     val: np.ndarray
     test: np.ndarray
     reused: bool = False  # read from the cache, not computed
+    fetched: bool = False  # that cache came from another host, through storage
 
     def split(self, name: str) -> np.ndarray:
         return {"train": self.train, "val": self.val, "test": self.test}[name]

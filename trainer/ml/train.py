@@ -107,6 +107,18 @@ def _train_transfer(
     return train_transfer(config, data, features, backbone, out_dir, reporter)
 
 
+def distribution(config: TrainConfig) -> Any:
+    """`devices="all"`: a MirroredStrategy over every GPU the worker sees, or on a host
+    without one over its logical CPU devices (how the tests run it); else one device."""
+    import tensorflow as tf
+
+    if config.devices == "all":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        if len(devices) > 1:
+            return tf.distribute.MirroredStrategy([d.name for d in devices])
+    return tf.distribute.get_strategy()
+
+
 def precision_policy(config: TrainConfig, on_gpu: bool) -> str:
     """Keras' dtype policy: float16 compute on a GPU (tensor cores), bfloat16 on a
     CPU (its range needs no loss scaling; oneDNN has bfloat16 kernels)."""
@@ -124,16 +136,19 @@ def _train(
     on_gpu: bool,
 ) -> TrainResult:
     num_classes = len(data.classes)
-    batch_size = min(config.batch_size, len(data.train))
+    strategy = distribution(config)
+    replicas = int(strategy.num_replicas_in_sync)
+    # Each replica keeps the configured batch; the rate grows with the global batch (linear scaling).
+    batch_size = min(config.batch_size * replicas, len(data.train))
     steps = len(data.train) // batch_size
     weights = _class_weights(data, config)
     train_ds = _dataset(data.train, batch_size, num_classes, shuffle_seed=config.seed, weights=weights)
     val_ds = _dataset(data.val, batch_size, num_classes) if len(data.val) else None
-    model = build_model(config, num_classes, PixelStats.of(data.train.x) if config.arch == "resnet" else None)
-    progress = _ReporterCallback(reporter, batch_size) if reporter else None
-    fit = _Fit(config, model, train_ds, val_ds, steps, progress, checkpoint_dir, on_gpu)
-
-    history = fit.run(config.learning_rate, first=0, last=config.epochs, phase="head")
+    with strategy.scope():  # variables mirrored on every replica, gradients summed across them
+        model = build_model(config, num_classes, PixelStats.of(data.train.x) if config.arch == "resnet" else None)
+        progress = _ReporterCallback(reporter, batch_size) if reporter else None
+        fit = _Fit(config, model, train_ds, val_ds, steps, progress, checkpoint_dir, on_gpu)
+        history = fit.run(config.learning_rate * replicas, first=0, last=config.epochs, phase="head")
 
     evaluated_split = data.test if len(data.test) else data.val
     served = with_flip_tta(model) if config.flip_tta else model
@@ -143,6 +158,7 @@ def _train(
         plain = report(evaluated_split.y, predict(model, evaluated_split, num_classes, batch_size), data.classes)
         metrics["without_tta"] = {key: plain.get(key) for key in SUMMARY_METRICS}
     metrics["evaluated_on"] = "test" if len(data.test) else "val"
+    metrics["replicas"], metrics["global_batch"] = replicas, batch_size
     if len(data.val):  # chosen on val, never on the split the report is about (unless it is val)
         metrics["rejection"] = rejection_threshold(data.val.y, predict(served, data.val, num_classes, batch_size))
     out_dir.mkdir(parents=True, exist_ok=True)
