@@ -110,7 +110,8 @@ def test_upload_an_archive_and_inspect_the_dataset(live_server, celery_worker_pr
     page.click("text=Back to the dataset")
     assert page.locator(".tile").count() == 36
     assert page.locator("h1").inner_text() == "colours <b>&</b> co"  # shown as text, not markup
-    assert page.evaluate("() => !!Chart.getChart('class-balance')")
+    # The chart script is deferred: under load the page's text is there before it has run.
+    page.wait_for_function("() => window.Chart && !!Chart.getChart('class-balance')", timeout=30_000)
     page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # thumbnails load lazily
     page.wait_for_function("() => [...document.images].every(i => i.complete && i.naturalWidth > 0)")
     page.screenshot(path=str(tmp_path / "dataset.png"), full_page=True)
