@@ -18,7 +18,7 @@ KEY = "S3RVER"  # s3rver's own fixed credentials
 REGION = "us-east-1"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -31,7 +31,7 @@ class S3Server:
         if not BINARY.exists():
             raise RuntimeError(f"{BINARY} is missing: run `make install-dev` (it installs s3rver with npm)")
         self.bucket = bucket
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         folder.mkdir(parents=True, exist_ok=True)
         command = [str(BINARY), "-d", str(folder), "-a", "127.0.0.1", "-p", str(self.port), "--silent"]

@@ -10,7 +10,7 @@ import pytest
 
 from classifier_site.local_cache import GRACE_SECONDS, LEFTOVER_SECONDS, cache_touch, cache_trim
 from trainer.jobs.services import training_job_start
-from trainer.jobs.snapshots import snapshot_arrays
+from trainer.jobs.snapshots import snapshot_arrays, training_cache_trim
 from trainer.ml.config import TrainConfig
 from trainer.registry.files import local_model_file
 
@@ -53,6 +53,7 @@ def test_a_worker_evicts_decoded_images_past_its_budget(colour_dataset, settings
     (first,) = (Path(settings.TRAIN_WORK_DIR) / "arrays").iterdir()
     os.utime(first, (time.time() - GRACE_SECONDS - 1,) * 2)  # not used for a while
     data = snapshot_arrays(job.snapshot, 24)
+    training_cache_trim()  # as a job does once its images (and features) are in place
     assert [p.name for p in (Path(settings.TRAIN_WORK_DIR) / "arrays").iterdir()] == [
         first.name.replace("-16px-", "-24px-")
     ]

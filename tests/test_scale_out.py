@@ -6,7 +6,6 @@ sweep's best model is promoted and served by the web process."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from datasets.models import Image
 from tests.conftest import _SHARED_WORKER, ROOT, TEST_BROKER_URL, _start, _stop, _wait_for_line, start_reaper
 from tests.conftest import subprocess_env as database_env
 from tests.images import class_folder_zip, colour_image
-from tests.s3server import S3Server
+from tests.s3server import S3Server, free_port
 from trainer.models import ModelVersion, Sweep, TrainingJob
 
 pytestmark = pytest.mark.worker
@@ -40,12 +39,6 @@ def _host_env(base: dict[str, str], host: Path) -> dict[str, str]:
         env[name] = str(host / folder)
     host.mkdir(parents=True)
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Site:
@@ -74,7 +67,7 @@ class Site:
 
     def start_web(self) -> str:
         env = _host_env(self.shared, self.root / "web")
-        port = _free_port()
+        port = free_port()
         log = (self.root / "web.log").open("wb")
         command = [sys.executable, "-m", "gunicorn", "classifier_site.wsgi", "--bind", f"127.0.0.1:{port}",
                    "--workers", "1", "--threads", "4", "--timeout", "120"]  # fmt: skip

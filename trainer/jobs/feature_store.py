@@ -45,13 +45,13 @@ def features_store(folder: Path, snapshot_hash: str) -> None:
 
 def stored_feature_references(snapshot_hashes: set[str]) -> Iterator[Reference]:
     """The stored feature caches of these snapshots, with their SHA-256, for verify_storage."""
-    prefixes = {_prefix(h).rsplit("/", 1)[1]: h for h in snapshot_hashes}
+    keys = {_prefix(h).rsplit("/", 1)[1] for h in snapshot_hashes}
     try:
         folders = default_storage.listdir(PREFIX)[0]
     except FileNotFoundError:
         return
     for key in folders:
-        if key in prefixes:
+        if key in keys:
             for name in default_storage.listdir(f"{PREFIX}/{key}")[1]:
                 yield Reference(f"{PREFIX}/{key}/{name}", f"features of snapshot {key[:12]}", _sha(name))
 

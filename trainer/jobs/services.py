@@ -261,6 +261,7 @@ def _train(job: TrainingJob, attempt: int, watch: "Watch") -> None:
         config = requested.resolve(on_gpu=on_gpu, class_counts=data.class_counts(), cpu_bf16=cpu_has_bf16())
         _running(job.pk, attempt).update(config=config.to_dict())  # what "run again" repeats
         features = _features(job, data, config, backbone, reporter) if backbone else None
+        _trim_cache()
         if said := checkpoint_restore(job):  # re-queued from another worker: its checkpoint
             _log(job.pk, attempt, said)
         with tempfile.TemporaryDirectory(prefix=f"job-{job.pk}-") as tmp:
@@ -341,6 +342,12 @@ def _backbone(config: TrainConfig) -> Any:
     backbone = backbones.get(config.arch)
     backbones.installed_path(backbone)
     return backbone
+
+
+def _trim_cache() -> None:
+    from trainer.jobs.snapshots import training_cache_trim
+
+    training_cache_trim()  # once the job's images and features are in place, both just used
 
 
 def _features(job: TrainingJob, data: Any, config: TrainConfig, backbone: Any, reporter: "JobReporter") -> Any:

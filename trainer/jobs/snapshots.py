@@ -200,8 +200,14 @@ def snapshot_features(
 def _used(folder: Path) -> None:
     """`folder` was just used: it goes last when the host's cache is past its budget."""
     cache_touch(folder)
+
+
+def training_cache_trim() -> list[Path]:
+    """Fit the host's decoded-image and feature caches to TRAIN_CACHE_MAX_MB. Once a job has
+    both its folders (just used, so kept): trimming after the images alone could evict the
+    features the job is about to read."""
     work = Path(settings.TRAIN_WORK_DIR)
-    cache_trim([work / "arrays", work / "features"], settings.TRAIN_CACHE_MAX_MB * 2**20, keep=[folder])
+    return cache_trim([work / "arrays", work / "features"], settings.TRAIN_CACHE_MAX_MB * 2**20)
 
 
 def cached_features(snapshot: dict[str, Any], backbone: Backbone, *, image_size: int) -> dict[int, np.ndarray]:
