@@ -9,6 +9,7 @@ from classification.scoring.api import ScoringRunViewSet
 from datasets.api import DatasetViewSet, ImageViewSet, ImportViewSet, LabelViewSet
 from datasets.labelling_api import LabelChangeViewSet
 from trainer.jobs.api import TrainingJobViewSet
+from trainer.quality.api import QualityRunViewSet
 from trainer.registry.api import ModelVersionViewSet
 from trainer.reports.api import EvaluationViewSet
 from trainer.sweeps.api import SweepViewSet
@@ -24,6 +25,7 @@ router.register("sweeps", SweepViewSet, basename="sweep")
 router.register("models", ModelVersionViewSet, basename="model")
 router.register("evaluations", EvaluationViewSet, basename="evaluation")
 router.register("scoring-runs", ScoringRunViewSet, basename="scoring-run")
+router.register("quality-runs", QualityRunViewSet, basename="quality-run")
 
 urlpatterns = [
     path("predict/", PredictView.as_view(), name="api-predict"),

@@ -345,6 +345,7 @@ SPECTACULAR_SETTINGS = {
     # Every background run has the one status type (classifier_site.runs): one enum in the schema.
     "ENUM_NAME_OVERRIDES": {
         "RunStatusEnum": "classifier_site.runs.RunStatus",
+        "SplitEnum": "datasets.models.Split",  # an image's split, wherever a request or answer names one
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

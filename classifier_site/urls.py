@@ -33,6 +33,7 @@ urlpatterns = [
     path("models/", include("trainer.registry.urls")),
     path("models/", include((export_urlpatterns, "exports"))),
     path("predict/", include("classification.urls")),
+    path("quality/", include("trainer.quality.urls")),
     path("api/v1/", include("classifier_site.api_urls")),
 ]
 

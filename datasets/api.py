@@ -107,7 +107,8 @@ class ImageSerializer(serializers.ModelSerializer):
         model = Image
         fields = ["id", "dataset", "label", "label_name", "label_version", "label_checked", "split", "needs_review",
                   "suggestion", "suggestion_confidence", "suggestion_margin", "suggestion_entropy",
-                  "suggestion_model", "width", "height", "sha256", "original_name", "created_at"]  # fmt: skip
+                  "suggestion_model", "label_issue_quality", "label_issue_suggestion", "outlier_score",
+                  "width", "height", "sha256", "original_name", "created_at"]  # fmt: skip
         read_only_fields = [f for f in fields if f not in ("label", "label_version", "needs_review")]
 
     def validate_label(self, label: Label | None) -> Label | None:

@@ -74,6 +74,13 @@ class Image(models.Model):
     # Which model version (trainer.ModelVersion's id) suggested it: data, not a foreign key,
     # so datasets depends on no other app (its rows outlive a deleted version anyway).
     suggestion_version = models.PositiveIntegerField(null=True, blank=True)
+    # What a data-quality run (trainer.quality) found, as data like the suggestion: confident
+    # learning's label quality (0 surely wrong .. 1) where it flags the label, with the class
+    # it prefers; and, on the images it finds most unusual, how like their nearest class they
+    # are (-1 .. 1: the mean similarity of their nearest images there).
+    label_issue_quality = models.FloatField(null=True, blank=True)
+    label_issue_suggestion = models.CharField(max_length=200, blank=True, default="", db_default="")
+    outlier_score = models.FloatField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

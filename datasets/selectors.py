@@ -1,19 +1,26 @@
 """Reads of datasets, always on behalf of a user."""
 
 import hashlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Count, F, IntegerField, OuterRef, Q, QuerySet, Subquery
+from django.core.files.storage import default_storage
+from django.db.models import Case, Count, F, IntegerField, OuterRef, Q, QuerySet, Subquery, When
 from django.db.models.functions import Coalesce
 from django.http import Http404
 
 from classifier_site.permissions import is_admin
 from classifier_site.runs import ACTIVE, RunStatus
 from classifier_site.storage_audit import Reference
+from datasets.imaging import ImageRejected, load_array
 from datasets.models import Dataset, DatasetExport, DatasetImport, Image, Label, Split
+
+logger = logging.getLogger(__name__)
 
 
 def is_id(text: str) -> bool:
@@ -181,8 +188,9 @@ MIN_IMAGES_PER_CLASS = 20
 IMBALANCE_RATIO = 10
 
 
-def dataset_warnings(*, counts: list[ClassCount], unlabelled: int) -> list[str]:
-    """What a person should fix before training, in plain words."""
+def dataset_warnings(*, counts: list[ClassCount], unlabelled: int, flagged: dict[str, int] | None = None) -> list[str]:
+    """What a person should fix before training, in plain words; `flagged` the counts of
+    dataset_flagged (what the last data-quality analysis marked on the images)."""
     warnings = [
         f"Class {c.name!r} has only {c.total} images; aim for at least {MIN_IMAGES_PER_CLASS}."
         for c in counts
@@ -199,7 +207,22 @@ def dataset_warnings(*, counts: list[ClassCount], unlabelled: int) -> list[str]:
         warnings.append("Training needs at least two classes.")
     if unlabelled:
         warnings.append(f"{unlabelled} images are unlabelled; training ignores them.")
+    flagged = flagged or {}
+    if flagged.get("outliers"):
+        warnings.append(f"{flagged['outliers']} images are like no other in the dataset (outliers): check that they "
+                        "belong here, and delete the ones that do not (workbench: show outliers).")  # fmt: skip
+    if flagged.get("label_issues"):
+        warnings.append(f"{flagged['label_issues']} labels look wrong by confident learning: review them "
+                        "(workbench: show label issues; they are in the review queue).")  # fmt: skip
     return warnings
+
+
+def dataset_flagged(*, dataset: Dataset) -> dict[str, int]:
+    """How many images the last data-quality analysis flagged, by finding."""
+    return Image.objects.filter(dataset=dataset).aggregate(
+        outliers=Count("pk", filter=Q(outlier_score__isnull=False)),
+        label_issues=Count("pk", filter=Q(label_issue_quality__isnull=False)),
+    )
 
 
 def label_get(*, user: AbstractBaseUser | AnonymousUser, pk: int) -> Label:
@@ -224,6 +247,7 @@ def image_get(*, user: AbstractBaseUser | AnonymousUser, pk: int) -> Image:
 
 # Below this top-1 probability the model is unsure: the "low confidence" filter.
 LOW_CONFIDENCE = 0.5
+WORKBENCH_IDS_MAX = 200  # images one `images=` filter may name
 # At or above it, a suggestion that contradicts an unchecked label puts the image in the
 # review queue (a likely label error).
 REVIEW_CONFIDENCE = 0.9
@@ -235,6 +259,8 @@ WORKBENCH_SHOWS = [
     ("low", f"low confidence (< {LOW_CONFIDENCE:.0%})"),
     ("disagree", "model disagrees with the label"),
     ("review", "review queue (likely label errors)"),
+    ("label_issue", "label issues (confident learning)"),
+    ("outlier", "outliers (like no other image)"),
 ]
 # Active learning orders put what the model is least sure about first; unscored images last.
 WORKBENCH_ORDERS = [
@@ -243,6 +269,8 @@ WORKBENCH_ORDERS = [
     ("least_confidence", "least confident first"),
     ("margin", "smallest margin first"),
     ("entropy", "highest entropy first"),
+    ("label_quality", "worst label quality first"),
+    ("outlier", "most unusual first"),
 ]
 _ORDERING: dict[str, list[Any]] = {
     "oldest": ["id"],
@@ -250,6 +278,8 @@ _ORDERING: dict[str, list[Any]] = {
     "least_confidence": [F("suggestion_confidence").asc(nulls_last=True), "id"],
     "margin": [F("suggestion_margin").asc(nulls_last=True), "id"],
     "entropy": [F("suggestion_entropy").desc(nulls_last=True), "id"],
+    "label_quality": [F("label_issue_quality").asc(nulls_last=True), "id"],
+    "outlier": [F("outlier_score").asc(nulls_last=True), "id"],
 }
 
 
@@ -258,19 +288,34 @@ def _disagrees() -> Q:
 
 
 def workbench_images(
-    *, dataset: Dataset, show: str = "all", label: str = "", split: str = "", order: str = "oldest"
+    *, dataset: Dataset, show: str = "all", label: str = "", split: str = "", order: str = "oldest", images: str = ""
 ) -> QuerySet[Image]:
     """A dataset's images for the workbench (and the image API): `show` one of
-    WORKBENCH_SHOWS, `label` a class id, `split` a Split, `order` one of WORKBENCH_ORDERS.
-    Unknown values mean no filter and the default order, never an error."""
-    images = Image.objects.filter(dataset=dataset).select_related("label")
+    WORKBENCH_SHOWS, `label` a class id, `split` a Split, `order` one of WORKBENCH_ORDERS,
+    `images` comma-separated ids (these only, in that order unless `order` says otherwise:
+    "more like this" lists the nearest first). Unknown values mean no filter and the
+    default order, never an error."""
+    rows = Image.objects.filter(dataset=dataset).select_related("label")
+    if chosen := [int(i) for i in images.split(",")[:WORKBENCH_IDS_MAX] if is_id(i)]:
+        rows = rows.filter(pk__in=chosen)
+        if order not in _ORDERING:
+            return _filtered(rows, show, label, split).order_by(
+                Case(*(When(pk=pk, then=place) for place, pk in enumerate(chosen)), output_field=IntegerField())
+            )
+    return _filtered(rows, show, label, split).order_by(*workbench_ordering(order))
+
+
+def _filtered(images: QuerySet[Image], show: str, label: str, split: str) -> QuerySet[Image]:
     filters = {
         "unlabelled": Q(label__isnull=True),
         "labelled": Q(label__isnull=False),
         "low": Q(suggestion_confidence__lt=LOW_CONFIDENCE),
         "disagree": _disagrees(),
         "review": Q(needs_review=True)
-        | (_disagrees() & Q(label_checked=False, suggestion_confidence__gte=REVIEW_CONFIDENCE)),
+        | (_disagrees() & Q(label_checked=False, suggestion_confidence__gte=REVIEW_CONFIDENCE))
+        | Q(label_issue_quality__isnull=False, label_checked=False),
+        "label_issue": Q(label_issue_quality__isnull=False),
+        "outlier": Q(outlier_score__isnull=False),
     }
     if show in filters:
         images = images.filter(filters[show])
@@ -278,8 +323,19 @@ def workbench_images(
         images = images.filter(label_id=int(label))
     if split in Split.values:
         images = images.filter(split=split)
-    return images.order_by(*workbench_ordering(order))
+    return images
 
 
 def workbench_ordering(order: str) -> list[Any]:
     return _ORDERING.get(order, _ORDERING["oldest"])
+
+
+def image_pixels(image: Image, size: int) -> np.ndarray | None:
+    """What a model sees of one stored image (uint8, size x size x 3), or None when its
+    file is missing or unreadable (logged: the caller counts it as skipped)."""
+    try:
+        with default_storage.open(str(image.file.name)) as fh:
+            return load_array(fh.read(), size, max_pixels=settings.MAX_IMAGE_PIXELS)
+    except (OSError, ImageRejected) as exc:
+        logger.warning("skipping image %s (%s): %s", image.pk, image.file.name, exc)
+        return None

@@ -696,6 +696,13 @@ def images_delete(*, dataset: Dataset, ids: Iterable[int]) -> int:
     return count
 
 
+def images_split_set(*, dataset: Dataset, ids: Iterable[int], split: str) -> int:
+    """Move images of `dataset` (ids of others are ignored) into `split`; how many moved."""
+    if split not in Split.values:
+        raise Refused(f"Unknown split {split!r}: choose from {', '.join(Split.values)}.")
+    return Image.objects.filter(dataset=dataset, pk__in=list(ids)).exclude(split=split).update(split=split)
+
+
 def _delete_files(names: Iterable[str]) -> None:
     for name in names:
         default_storage.delete(name)

@@ -30,7 +30,7 @@ WORKBENCH_PAGE_SIZE = 60
 # Classes sorted by name take these keys in order; further classes are reached
 # through the bulk bar's dropdown only.
 CLASS_KEYS = "1234567890qwertyuiopasdfghjklzxcvbnm"
-FILTERS = ("show", "label", "split", "order")
+FILTERS = ("show", "label", "split", "order", "images")
 
 
 @dataclass(frozen=True)

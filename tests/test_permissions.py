@@ -28,7 +28,7 @@ from tests.factories import (
     PredictionFactory,
     ScoringRunFactory,
 )
-from trainer.models import Sweep
+from trainer.models import QualityRun, Sweep
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 CELL = r"(\d{3}|login)"
@@ -82,6 +82,14 @@ def world(roles: dict[str, Client]) -> dict[str, object]:
         "evaluation": evaluation.pk,
         "prediction": prediction.pk,
         "run": ScoringRunFactory(dataset=dataset, model_version=version).pk,
+        "quality": QualityRun.objects.create(
+            dataset=dataset,
+            backbone="tiny",
+            image_size=32,
+            status="succeeded",
+            report={"groups": [[image.pk, ImageFactory(dataset=dataset).pk]]},
+        ).pk,
+        "group": 0,
         "other_evaluation": EvaluationFactory().pk,
     }
 

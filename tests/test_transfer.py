@@ -351,7 +351,7 @@ def test_scoring_with_a_transfer_model_reuses_its_jobs_features(tiny, colour_dat
     expected = dict(Image.objects.values_list("pk", "suggestion_confidence"))
 
     monkeypatch.setattr(
-        "classification.scoring.services._pixels", lambda *a: pytest.fail("decoded an image the cache holds")
+        "classification.scoring.services.image_pixels", lambda *a: pytest.fail("decoded an image the cache holds")
     )
     assert features_folder(job.snapshot, tiny, image_size=32).is_dir()
     reused = scoring_run(run_id=scoring_start(dataset=colour_dataset, enqueue=False).pk)

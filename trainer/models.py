@@ -6,7 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from classifier_site.runs import FINISHED, RunStatus, is_stale
+from classifier_site.runs import FINISHED, Counted, RunStatus, is_stale
 from datasets.models import Dataset
 from trainer.ml.config import is_pretrained_arch
 
@@ -373,3 +373,49 @@ class ReaperPass(models.Model):
 
     def __str__(self) -> str:
         return f"Reaper pass at {self.finished_at:%Y-%m-%d %H:%M:%S}"
+
+
+# A feature pass checkpoints its progress with every batch; silence this long lost its worker.
+QUALITY_STALE = timedelta(minutes=10)
+
+
+class QualityRun(Counted, models.Model):
+    """A dataset's data-quality analysis (trainer.quality): every image's feature vector
+    from one backbone, stored with a vector index for "more like this", and what the
+    vectors say (near-duplicate groups, label issues, outliers, small classes) in `report`."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="quality_runs")
+    backbone = models.CharField(max_length=100)
+    image_size = models.PositiveIntegerField()
+    status = models.CharField(max_length=10, choices=RunStatus.choices, default=RunStatus.QUEUED)
+    processed = models.PositiveIntegerField(default=0)  # images through the backbone or from a cache
+    total = models.PositiveIntegerField(null=True, blank=True)  # known once a worker starts
+    skipped = models.PositiveIntegerField(default=0)  # files missing or unreadable
+    reused = models.PositiveIntegerField(default=0)  # vectors read from a training job's feature cache
+    # The stored vectors and their index (one file: trainer.ml.data_quality.VectorIndex) and its SHA-256.
+    index_file = models.CharField(max_length=300, blank=True)
+    index_sha256 = models.CharField(max_length=64, blank=True)
+    report = models.JSONField(default=dict)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dataset"],
+                condition=Q(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]),
+                name="one_active_quality_run_per_dataset",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Quality run {self.pk} of dataset {self.dataset_id} ({self.status})"
+
+    @property
+    def is_stale(self) -> bool:
+        return is_stale(status=self.status, last_sign_of_life=self.heartbeat_at or self.started_at, after=QUALITY_STALE)

@@ -10,6 +10,7 @@ from celery.signals import worker_shutting_down
 from django.conf import settings
 
 from trainer.jobs.services import SHUTTING_DOWN, training_job_run, training_jobs_hand_back
+from trainer.quality.services import quality_run
 from trainer.registry.exports import model_export_run
 
 logger = logging.getLogger(__name__)
@@ -54,3 +55,9 @@ def _hand_back_running_jobs(sender: str, sig: str, how: str, exitcode: int, **_:
 @shared_task(name="trainer.tasks.export_model")
 def export_model(export_id: int) -> None:
     model_export_run(export_id=export_id)
+
+
+# On `default` like scoring: a feature pass over a dataset takes seconds to minutes.
+@shared_task(name="trainer.tasks.analyse_dataset")
+def analyse_dataset(run_id: int) -> None:
+    quality_run(run_id=run_id)

@@ -12,9 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 from celery import Task
-from django.conf import settings
 from django.contrib.auth.models import User
-from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -23,8 +21,8 @@ from classification.models import SCORING_STALE, ScoringRun
 from classification.scoring.selectors import scoring_runs
 from classifier_site.errors import Refused
 from classifier_site.runs import ACTIVE, Lifecycle, RunStatus, describe_error
-from datasets.imaging import ImageRejected, load_array
 from datasets.models import Dataset, Image
+from datasets.selectors import image_pixels
 from trainer.models import ModelVersion
 from trainer.registry.files import NoModelAvailable, local_model_file
 from trainer.registry.selectors import model_version_serving
@@ -142,7 +140,7 @@ def _score_batch(run: ScoringRun, batch: list[Image], predict: Callable[[np.ndar
     for image in batch:
         if cached and cached.known(image.pk):
             continue
-        if (array := _pixels(image, version.image_size)) is not None:
+        if (array := image_pixels(image, version.image_size)) is not None:
             readable.append(image)
             arrays.append(array)
     for image in batch:
@@ -206,13 +204,3 @@ def _with_cached_features(
     if not features:
         return predict
     return _CachedPredict(features, compiled_head(local_model_file(version)), predict)
-
-
-def _pixels(image: Image, size: int) -> np.ndarray | None:
-    """What the model sees of one stored image, or None when its file is missing or unreadable."""
-    try:
-        with default_storage.open(str(image.file.name)) as fh:
-            return load_array(fh.read(), size, max_pixels=settings.MAX_IMAGE_PIXELS)
-    except (OSError, ImageRejected) as exc:
-        logger.warning("scoring: skipping image %s (%s): %s", image.pk, image.file.name, exc)
-        return None

@@ -361,7 +361,7 @@
 
   grid.addEventListener("click", function (event) {
     const tile = event.target.closest(".wb-tile");
-    if (!tile) return;
+    if (!tile || event.target.closest("a")) return;  // a tile's "more like this" link leaves the page
     const index = tiles.indexOf(tile);
     if (event.shiftKey) {
       selectRange(anchor, index);

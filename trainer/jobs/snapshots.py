@@ -211,10 +211,12 @@ def training_cache_trim() -> list[Path]:
 
 
 def cached_features(snapshot: dict[str, Any], backbone: Backbone, *, image_size: int) -> dict[int, np.ndarray]:
-    """Features a job on `snapshot` left in the cache, by image id ({} when there are none)."""
+    """Features a job on `snapshot` left in this host's cache or in storage (fetched here
+    then), by image id ({} when there are none)."""
     folder = features_folder(snapshot, backbone, image_size=image_size)
-    if not (folder / "complete").exists():
+    if not (folder / "complete").exists() and not features_fetch(folder, snapshot["hash"]):
         return {}
+    _used(folder)
     found: dict[int, np.ndarray] = {}
     for split in ("train", "val", "test"):
         rows = np.load(folder / f"{split}.npy", mmap_mode="r")[0]

@@ -68,14 +68,9 @@ def compute(model: Any, images: dict[str, np.ndarray], *, views: int = 1, progre
 
 def extract(model: Any, images: np.ndarray, *, views: int = 1, progress: "Progress | None" = None) -> np.ndarray:
     """(views, n, dim) float32 features of uint8 (n, size, size, 3) images; view 1 is the mirror."""
-    import tensorflow as tf
-
     dim = int(model.output.shape[-1])
     out = np.zeros((views, len(images), dim), dtype=np.float32)
-    # Traced once for any batch size: half the time of eager calls on a CPU (benchmarks/backbone_speed.py).
-    call = tf.function(
-        lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, *model.input.shape[1:]))]
-    )
+    call = traced(model)
     for view in range(views):
         for start in range(0, len(images), BATCH):
             batch = np.asarray(images[start : start + BATCH], dtype=np.float32)
@@ -85,6 +80,16 @@ def extract(model: Any, images: np.ndarray, *, views: int = 1, progress: "Progre
             if progress:
                 progress(len(batch), 0)
     return out
+
+
+def traced(model: Any) -> Callable[[np.ndarray], Any]:
+    """The model's inference call traced once for any batch size: half the time of eager
+    calls on a CPU (benchmarks/backbone_speed.py)."""
+    import tensorflow as tf
+
+    return tf.function(  # type: ignore[no-any-return]
+        lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, *model.input.shape[1:]))]
+    )
 
 
 class _Counter:

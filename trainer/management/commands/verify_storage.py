@@ -11,6 +11,7 @@ from django.template.defaultfilters import pluralize
 from classifier_site.storage_audit import Audit, audit, file_field_references
 from datasets.selectors import dataset_stored_files
 from trainer.jobs.selectors import training_stored_files
+from trainer.quality.selectors import quality_stored_files
 from trainer.registry.selectors import registry_stored_files
 
 
@@ -33,7 +34,11 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         # Apps' references first: they carry the hashes; the FileField sweep catches any other table.
         references = chain(
-            dataset_stored_files(), registry_stored_files(), training_stored_files(), file_field_references()
+            dataset_stored_files(),
+            registry_stored_files(),
+            training_stored_files(),
+            quality_stored_files(),
+            file_field_references(),
         )
         grace = timedelta(minutes=options["grace_minutes"])
         found = audit(references, grace=grace, delete_orphans=options["delete_orphans"])

@@ -1,0 +1,69 @@
+"""Data quality in Debian's Chromium: keep one image of a near-duplicate group and see the
+split counts change; "more like this" from the workbench, then three similar images
+labelled at once."""
+
+import pytest
+
+from datasets.models import Image
+from tests.test_browser import browser  # noqa: F401  (the fixture)
+from tests.test_data_quality import analysed, named, pixels, plant  # noqa: F401  (pixels: the fixture)
+
+pytestmark = pytest.mark.browser
+
+
+def _login(browser, live_server):  # noqa: F811
+    page = browser.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", "password")
+    page.click("button:has-text('Log in')")
+    page.wait_for_url(f"{live_server.url}/")
+    return page
+
+
+def _totals(page) -> dict[str, int]:
+    spans = page.locator("#split-totals span").all()
+    return {s.get_attribute("data-split"): int(s.inner_text().split()[0]) for s in spans}
+
+
+@pytest.fixture
+def planted_db(transactional_db, pixels):  # noqa: F811
+    return plant()  # on a database the live server sees
+
+
+def test_keep_one_image_of_a_leaking_group_and_see_the_split_counts_change(live_server, admin_user, planted_db,
+                                                                           browser):  # noqa: F811  # fmt: skip
+    analysed(planted_db)
+    page = _login(browser, live_server)
+    page.goto(f"{live_server.url}/quality/datasets/{planted_db.pk}/")
+    before = _totals(page)
+    leak = page.locator(".duplicate-group", has_text="leak")
+    assert leak.locator(".split-count").all_inner_texts() == ["1 test", "1 train"]
+    leak.locator(".wb-tile", has_text="· test").get_by_role("button", name="Keep only this").click()
+    page.wait_for_selector("text=Kept one image of the group; deleted 1.")
+    assert _totals(page) == {**before, "train": before["train"] - 1}
+    assert page.locator(".duplicate-group", has_text="leak").count() == 0
+    assert not Image.objects.filter(dataset=planted_db, original_name="red-0.png").exists()  # the train copy went
+
+
+def test_more_like_this_from_the_workbench_labels_three_similar_images_at_once(live_server, admin_user, planted_db,
+                                                                               browser):  # noqa: F811  # fmt: skip
+    unsure = [f"red-{i}.png" for i in range(8, 16)]
+    Image.objects.filter(dataset=planted_db, original_name__in=unsure).update(label=None)
+    analysed(planted_db)
+    red = named(planted_db, "red-8.png")
+    page = _login(browser, live_server)
+    page.goto(f"{live_server.url}/datasets/{planted_db.pk}/label/?show=unlabelled")
+    page.locator(f'.wb-tile[data-id="{red.pk}"] a.wb-similar').click()
+    page.wait_for_selector("#wb-similar-note")
+    tiles = page.locator(".wb-tile")
+    assert tiles.first.get_attribute("data-id") == str(red.pk)
+    chosen = [int(tiles.nth(i).get_attribute("data-id")) for i in (1, 2, 3)]
+    tiles.nth(1).click()
+    tiles.nth(3).click(modifiers=["Shift"])
+    page.select_option("#wb-class", "red")
+    page.click("#wb-assign")
+    page.wait_for_function("() => document.getElementById('wb-grid').dataset.pending === '0'")
+    labels = dict(Image.objects.filter(pk__in=chosen, label_checked=True).values_list("pk", "label__name"))
+    assert [labels.get(pk) for pk in chosen] == ["red", "red", "red"]

@@ -1,0 +1,196 @@
+"""One analysis on a worker (trainer.quality.services runs it): the dataset's vectors,
+their stored index, and the findings, written onto the Image rows and into the report."""
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from classifier_site.errors import Refused
+from datasets.models import Dataset, Image
+from datasets.selectors import IMBALANCE_RATIO, MIN_IMAGES_PER_CLASS, image_pixels
+from trainer.ml import backbones
+from trainer.ml import data_quality as dq
+from trainer.ml.backbones import Backbone
+from trainer.models import ModelVersion, QualityRun
+
+logger = logging.getLogger(__name__)
+
+BATCH = 64  # images per backbone call and per progress write
+OUTLIER_SHARE = 0.03  # of the images, the most unusual flagged as outliers (none under 34 images)
+CLEARED = {"label_issue_quality": None, "label_issue_suggestion": "", "outlier_score": None}
+# Progress: writes these fields on the run while it is still running; False once it is not.
+StillRunning = Callable[..., bool]
+
+
+class QualityRefused(Refused):
+    """An analysis cannot start, or an action on its findings cannot be done; the message says why."""
+
+
+class RunLost(Exception):
+    """The run is no longer this worker's: deleted, or failed as stale meanwhile."""
+
+
+def choose_backbone(dataset: Dataset, name: str = "") -> Backbone:
+    """`name` if installed; else the backbone of the dataset's latest transfer-learning
+    version (its features may be cached); else the strongest installed for a CPU."""
+    if name:
+        try:
+            backbone = backbones.get(name)
+            backbones.installed_path(backbone)
+        except backbones.WeightsMissing as exc:
+            raise QualityRefused(str(exc)) from None
+        return backbone
+    installed = {b.name: b for b in backbones.installed()}
+    for arch in ModelVersion.objects.filter(dataset=dataset).values_list("arch", flat=True)[:20]:
+        if arch in installed:
+            return installed[arch]
+    from trainer.ml.recipe import strongest
+
+    best = strongest(list(installed.values()), dataset.images.count(), on_gpu=False)
+    if best is None:
+        raise QualityRefused("No backbone is installed: `manage.py fetch_weights` installs one (see the README).")
+    return best
+
+
+def analyse(run: QualityRun, *, still_running: StillRunning) -> dict[str, Any]:
+    """Every image's vector, the stored index, the findings; the run's fields to finish with."""
+    from trainer.quality.vectors import vectors_store
+
+    backbone = backbones.get(run.backbone)
+    ids, vectors = _vectors(run, backbone, still_running)
+    index = dq.VectorIndex.build(vectors, ids)
+    name, sha = vectors_store(dataset_id=run.dataset_id, index=index)
+    report = {"backbone": backbone.name, "vectors": len(ids), "index": "exact" if index.exact else "hnsw",
+              **_findings(run.dataset, index)}  # fmt: skip
+    if not still_running(heartbeat_at=timezone.now()):
+        raise RunLost
+    return {"index_file": name, "index_sha256": sha, "report": report}
+
+
+def _vectors(run: QualityRun, backbone: Backbone, still_running: StillRunning) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids, vectors) of every readable image: from a training job's feature cache
+    where it holds them, through the backbone otherwise."""
+    cached = _training_features(run.dataset, backbone, run.image_size)
+    images = list(Image.objects.filter(dataset=run.dataset).order_by("pk").only("pk", "file"))
+    if not still_running(total=len(images), heartbeat_at=timezone.now()):
+        raise RunLost
+    computer = _Computer(backbone, run.image_size)
+    ids: list[int] = []
+    rows: list[np.ndarray] = []
+    for start in range(0, len(images), BATCH):
+        batch = images[start : start + BATCH]
+        found = computer.vectors([i for i in batch if i.pk not in cached])
+        found.update({i.pk: cached[i.pk] for i in batch if i.pk in cached})
+        for image in batch:
+            if image.pk in found:
+                ids.append(image.pk)
+                rows.append(found[image.pk])
+        progress = {"processed": F("processed") + len(batch), "skipped": F("skipped") + len(batch) - len(found),
+                    "reused": F("reused") + sum(i.pk in cached for i in batch)}  # fmt: skip
+        if not still_running(heartbeat_at=timezone.now(), **progress):
+            raise RunLost
+    dim = backbone.feature_dim
+    return np.asarray(ids, dtype=np.int64), (np.stack(rows) if rows else np.zeros((0, dim), np.float32))
+
+
+class _Computer:
+    """The backbone, built at its first use (a dataset whose vectors are all cached needs none)."""
+
+    def __init__(self, backbone: Backbone, size: int) -> None:
+        self.backbone, self.size = backbone, size
+        self.call: Callable[[np.ndarray], Any] | None = None
+
+    def vectors(self, images: list[Image]) -> dict[int, np.ndarray]:
+        readable = [(image.pk, pixels) for image in images if (pixels := image_pixels(image, self.size)) is not None]
+        if not readable:
+            return {}
+        if self.call is None:
+            from trainer.ml.backbones import feature_extractor
+            from trainer.ml.features import traced
+
+            self.call = traced(feature_extractor(self.backbone, self.size))
+        out = self.call(np.stack([p for _, p in readable]).astype(np.float32)).numpy()
+        return {pk: out[row] for row, (pk, _) in enumerate(readable)}
+
+
+def _training_features(dataset: Dataset, backbone: Backbone, size: int) -> dict[int, np.ndarray]:
+    """Vectors the newest transfer-learning job on this backbone and size computed, by image id."""
+    from trainer.jobs.snapshots import backbone_key, cached_features
+
+    key = backbone_key(backbone)
+    versions = ModelVersion.objects.filter(dataset=dataset, arch=backbone.name, image_size=size).select_related("job")
+    for version in versions[:5]:
+        if (version.metrics.get("transfer") or {}).get("backbone_key") != key or not version.job.snapshot:
+            continue  # another file or feature layer under the same name, or no snapshot to find them by
+        if found := cached_features(version.job.snapshot, backbone, image_size=size):
+            return found
+    return {}
+
+
+def _findings(dataset: Dataset, index: dq.VectorIndex) -> dict[str, Any]:
+    """Near-duplicate groups, label issues, outliers and small classes (on the index's
+    rows: centred, length 1); the per-image ones written onto the Image rows (an older
+    analysis's are cleared first)."""
+    labelled = dict(
+        Image.objects.filter(dataset=dataset, label__isnull=False).values_list("pk", "label__name").iterator()
+    )
+    counts = Counter(labelled.values())
+    ids, rows = index.ids, index.rows()
+    issues, disagreeing, checked = _label_issues(ids, rows, labelled)
+    outliers = _outliers(ids, rows, labelled)
+    flagged = [Image(pk=pk, label_issue_quality=issues[pk][0] if pk in issues else None,
+                     label_issue_suggestion=issues[pk][1] if pk in issues else "", outlier_score=outliers.get(pk))
+               for pk in issues.keys() | outliers.keys()]  # fmt: skip
+    with transaction.atomic():
+        Image.objects.filter(dataset=dataset).update(**CLEARED)
+        Image.objects.bulk_update(flagged, list(CLEARED), batch_size=500)
+    # The dataset page's thresholds, so that both name the same classes.
+    small = dq.small_classes(dict(counts), minimum=MIN_IMAGES_PER_CLASS, share=1 / IMBALANCE_RATIO)
+    return {
+        "groups": dq.near_duplicate_groups(index),
+        "label_issues": len(issues),
+        "disagreements": disagreeing,
+        "labels_checked": checked,
+        "outliers": list(outliers),
+        "small_classes": [c.__dict__ for c in small],
+    }
+
+
+def _label_issues(
+    ids: np.ndarray, rows: np.ndarray, labelled: dict[int, str]
+) -> tuple[dict[int, tuple[float, str]], int, int]:
+    """Confident learning over the labelled images of classes with two or more:
+    ({image id: (label quality, suggested class)}, how many the plain "model disagrees" rule
+    flags, how many labels were checked)."""
+    readable = Counter(labelled[pk] for pk in ids.tolist() if pk in labelled)
+    classes = sorted(name for name, n in readable.items() if n >= 2)
+    if len(classes) < 2:
+        return {}, 0, 0
+    number = {name: i for i, name in enumerate(classes)}
+    positions = [p for p, pk in enumerate(ids.tolist()) if labelled.get(pk) in number]
+    labels = np.array([number[labelled[int(ids[p])]] for p in positions])
+    probabilities = dq.out_of_fold_probabilities(rows[positions], labels)
+    found = {
+        int(ids[positions[issue.position]]): (issue.quality, classes[issue.suggested])
+        for issue in dq.label_issues(labels, probabilities)
+    }
+    return found, len(dq.disagreements(labels, probabilities)), len(positions)
+
+
+def _outliers(ids: np.ndarray, rows: np.ndarray, labelled: dict[int, str]) -> dict[int, float]:
+    """The most unusual OUTLIER_SHARE of the images, most unusual first, with how like
+    their nearest class they are (-1..1)."""
+    count = int(len(ids) * OUTLIER_SHARE)
+    if count == 0:
+        return {}
+    number = {name: i for i, name in enumerate(sorted(set(labelled.values())))}
+    classes = np.array([number.get(labelled.get(pk, ""), -1) for pk in ids.tolist()])
+    scores = dq.outlier_scores(rows, classes)
+    ranked = np.argsort(scores, kind="stable")[:count]
+    return {int(ids[p]): float(scores[p]) for p in ranked}
