@@ -45,3 +45,27 @@ def follow(
         if line != last and out is not None:
             out.write(line)
             last = line
+
+
+def carry_out(
+    row: Followed,
+    *,
+    run_here: Callable[[], object] | None,
+    wait: bool,
+    name: str,
+    queue: str,
+    progress: Callable[[], str],
+    timeout: float | None,
+    out: OutputWrapper | None,
+    queued: str = "",
+) -> None:
+    """What a command does with the row it queued: run it in this process (`run_here`,
+    for --inline), follow it to its end (--wait), or write `queued` (how to follow it);
+    the row is read again at the end."""
+    if run_here is not None:
+        run_here()
+    elif wait:
+        follow(row, name=name, queue=queue, progress=progress, timeout=timeout, out=out)
+    elif queued and out is not None:
+        out.write(queued)
+    row.refresh_from_db()

@@ -1,6 +1,7 @@
 """`manage.py score_dataset DATASET [--model-version N] [--wait | --inline]`: a model's suggestion for every image."""
 
 import json
+from functools import partial
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -8,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from classification.models import ScoringRun
 from classification.scoring.services import ScoringRefused, scoring_run, scoring_start
 from datasets.selectors import dataset_find
-from trainer.management.follow import follow
+from trainer.management.follow import carry_out
 from trainer.models import ModelVersion
 
 
@@ -39,17 +40,13 @@ class Command(BaseCommand):
             run = scoring_start(dataset=dataset, version=version, enqueue=not options["inline"])
         except ScoringRefused as exc:
             raise CommandError(str(exc)) from exc
-        if options["inline"]:
-            scoring_run(run_id=run.pk)
-        elif options["wait"]:
-            follow(
-                run, name="scoring run", queue="default", timeout=options["timeout"],
-                progress=lambda: f"run {run.pk}: {run.status} {run.processed}/{run.total or '?'}",
-                out=None if options["json"] else self.stderr,
-            )  # fmt: skip
-        else:
-            self.stderr.write(f"run {run.pk} queued; follow it with --wait or GET /api/v1/scoring-runs/{run.pk}/")
-        run.refresh_from_db()
+        carry_out(
+            run, run_here=partial(scoring_run, run_id=run.pk) if options["inline"] else None,
+            wait=options["wait"], name="scoring run", queue="default", timeout=options["timeout"],
+            progress=lambda: f"run {run.pk}: {run.status} {run.processed}/{run.total or '?'}",
+            out=None if options["json"] else self.stderr,
+            queued=f"run {run.pk} queued; follow it with --wait or GET /api/v1/scoring-runs/{run.pk}/",
+        )  # fmt: skip
         self._report(run, as_json=options["json"])
         if run.status == "failed":
             raise CommandError(f"scoring run {run.pk} failed: {run.error}")

@@ -2,12 +2,13 @@
 dataset's images (near-duplicates, label issues, outliers, small classes)."""
 
 import json
+from functools import partial
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from datasets.selectors import dataset_find
-from trainer.management.follow import follow
+from trainer.management.follow import carry_out
 from trainer.models import QualityRun
 from trainer.quality.selectors import duplicate_groups, leak_effect
 from trainer.quality.services import QualityRefused, quality_run, quality_start
@@ -36,17 +37,13 @@ class Command(BaseCommand):
             run = quality_start(dataset=dataset, backbone=options["backbone"], enqueue=not options["inline"])
         except QualityRefused as exc:
             raise CommandError(str(exc)) from exc
-        if options["inline"]:
-            quality_run(run_id=run.pk)
-        elif options["wait"]:
-            follow(
-                run, name="quality run", queue="default", timeout=options["timeout"],
-                progress=lambda: f"run {run.pk}: {run.status} {run.processed}/{run.total or '?'}",
-                out=None if options["json"] else self.stderr,
-            )  # fmt: skip
-        else:
-            self.stderr.write(f"run {run.pk} queued; follow it with --wait or GET /api/v1/quality-runs/{run.pk}/")
-        run.refresh_from_db()
+        carry_out(
+            run, run_here=partial(quality_run, run_id=run.pk) if options["inline"] else None,
+            wait=options["wait"], name="quality run", queue="default", timeout=options["timeout"],
+            progress=lambda: f"run {run.pk}: {run.status} {run.processed}/{run.total or '?'}",
+            out=None if options["json"] else self.stderr,
+            queued=f"run {run.pk} queued; follow it with --wait or GET /api/v1/quality-runs/{run.pk}/",
+        )  # fmt: skip
         self._report(run, as_json=options["json"])
         if run.status == "failed":
             raise CommandError(f"quality run {run.pk} failed: {run.error}")

@@ -1,5 +1,6 @@
 import argparse
 import json
+from functools import partial
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -7,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from datasets.models import Dataset
 from datasets.selectors import dataset_find
 from trainer.jobs.services import TrainingRefused, training_job_run, training_job_start
-from trainer.management.follow import follow
+from trainer.management.follow import carry_out
 from trainer.ml.config import ARCHITECTURES, ConfigError, TrainConfig
 from trainer.models import TrainingJob
 
@@ -62,15 +63,12 @@ class Command(BaseCommand):
             job = training_job_start(dataset=dataset, config=config, enqueue=not options["inline"])
         except TrainingRefused as exc:
             raise CommandError(str(exc)) from exc
-        if options["inline"]:
-            training_job_run(job_id=job.pk)
-        elif options["wait"]:
-            follow(
-                job, name="job", queue="gpu", timeout=options["timeout"],
-                progress=lambda: f"job {job.pk}: {job.status}, {job.phase_text} ({job.progress:.0%})",
-                out=None if options["json"] else self.stderr,
-            )  # fmt: skip
-        job.refresh_from_db()
+        carry_out(
+            job, run_here=partial(training_job_run, job_id=job.pk) if options["inline"] else None,
+            wait=options["wait"], name="job", queue="gpu", timeout=options["timeout"],
+            progress=lambda: f"job {job.pk}: {job.status}, {job.phase_text} ({job.progress:.0%})",
+            out=None if options["json"] else self.stderr,
+        )  # fmt: skip
         self._report(job, as_json=options["json"])
         if job.status == "failed":
             raise CommandError(f"job {job.pk} failed: {job.error}")
