@@ -3,6 +3,7 @@ dataset's live model, POST /api/v1/predict/ with the one its `dataset` field nam
 (an id or a name) or, without it, the site's default; GET /api/v1/predict/ lists
 the live models a client can choose from."""
 
+import base64
 from typing import Any
 
 from django.conf import settings
@@ -85,6 +86,21 @@ class PredictRequestSerializer(serializers.Serializer):
         help_text="One or more images (repeat the field): the answer lists one result per image, in order.",
     )
     top_k = serializers.IntegerField(min_value=1, max_value=100, default=5)
+    explain = serializers.BooleanField(
+        default=False,
+        help_text="Also say where the model looked for its best class (occlusion: grey windows slid over the image), "
+        "for at most PREDICT_EXPLAIN_MAX_IMAGES images. Also accepted in the query string.",
+    )
+
+
+class ExplanationSerializer(serializers.Serializer):
+    method = serializers.CharField(help_text='"occlusion"')
+    label = serializers.CharField(help_text="The class explained: the most probable one.")
+    grid = serializers.ListField(
+        child=serializers.ListField(child=serializers.FloatField()),
+        help_text="8 x 8 cells, rows from the top: how much hiding each lowered the class's probability, 0 to 1.",
+    )
+    png = serializers.CharField(help_text="Base64 PNG: the image as the model saw it, the map over it (red: mattered).")
 
 
 class ClassScoreSerializer(serializers.Serializer):
@@ -111,6 +127,7 @@ class ImageResultSerializer(serializers.Serializer):
     label = serializers.CharField(help_text='The best class, or "unknown" below the rejection threshold.')
     unknown = serializers.BooleanField()
     predictions = ClassScoreSerializer(many=True, help_text="The top_k classes, most probable first.")
+    explanation = ExplanationSerializer(required=False, help_text="With explain=true only.")
 
 
 class PredictionSerializer(ImageResultSerializer):
@@ -237,9 +254,14 @@ class PredictView(APIView):
         top_k = _top_k(form.get("top_k") or request.query_params.get("top_k"))
         if top_k is None:
             return _detail("top_k must be a whole number from 1 to 100.", 400)
+        explain = _flag(form.get("explain") or request.query_params.get("explain"))
+        if explain is None:
+            return _detail("explain must be true or false.", 400)
+        if explain and len(uploads) > settings.PREDICT_EXPLAIN_MAX_IMAGES:
+            return _detail(f"explain=true takes at most {settings.PREDICT_EXPLAIN_MAX_IMAGES} images a request.", 400)
         images = [upload.read() for upload in uploads]
         try:
-            results = get_predictor().predict_many(images, dataset=dataset, top_k=top_k)
+            results = get_predictor().predict_many(images, dataset=dataset, top_k=top_k, explain=explain)
         except TooManyPixels as exc:
             return _detail(str(exc), 413)
         except ImageRejected:
@@ -279,6 +301,14 @@ def _top_k(raw: Any) -> int | None:
     except (TypeError, ValueError):
         return None
     return value if 1 <= value <= 100 else None
+
+
+def _flag(raw: Any) -> bool | None:
+    """A boolean form or query field: absent is False; anything but true/false words is None."""
+    if raw in (None, ""):
+        return False
+    word = str(raw).strip().lower()
+    return True if word in ("true", "1", "yes", "on") else False if word in ("false", "0", "no", "off") else None
 
 
 def _rejected(uploads: list[UploadedFile], images: list[bytes]) -> Response:
@@ -328,8 +358,12 @@ def _live_json(version: ModelVersion, default: int | None) -> dict[str, Any]:
 
 
 def _result_json(prediction: Prediction) -> dict[str, Any]:
-    return {
+    answer: dict[str, Any] = {
         "label": prediction.label,
         "unknown": prediction.is_unknown,
         "predictions": [{"label": s.label, "probability": s.probability} for s in prediction.scores],
     }
+    if (why := prediction.explanation) is not None:
+        answer["explanation"] = {"method": "occlusion", "label": why.label, "grid": why.grid.round(3).tolist(),
+                                 "png": base64.b64encode(why.png).decode()}  # fmt: skip
+    return answer

@@ -30,6 +30,7 @@ from django.db import connection
 
 from datasets.imaging import check_total_pixels, load_array
 from trainer.ml.runtimes import Runtime, checked_onnx_runtime, configure_tensorflow_threads, fastest_runtime
+from trainer.ml.saliency import occlusion_map, overlay_png
 from trainer.models import ModelVersion
 from trainer.registry.files import NoModelAvailable, local_model_file, local_serving_files, model_version_samples
 from trainer.registry.selectors import ServedKey, ServedTable, model_version_serving, served_table
@@ -55,10 +56,20 @@ class ClassScore:
 
 
 @dataclass(frozen=True)
+class Explanation:
+    """Where the model looked for its best class (trainer.ml.saliency): the map and the image under it."""
+
+    label: str
+    grid: np.ndarray  # (GRID, GRID), 0..1
+    png: bytes  # the image as the model saw it, the map laid over it
+
+
+@dataclass(frozen=True)
 class Prediction:
     version: ModelVersion
     scores: list[ClassScore]  # best first
     threshold: float  # the version's rejection threshold when it answered
+    explanation: Explanation | None = None  # asked for with explain=True
 
     @property
     def is_unknown(self) -> bool:
@@ -110,19 +121,24 @@ class Predictor:
         return self.predict_many([data], dataset=dataset, top_k=top_k)[0]
 
     def predict_many(
-        self, images: Sequence[bytes], *, dataset: int | str | None = None, top_k: int = 5
+        self, images: Sequence[bytes], *, dataset: int | str | None = None, top_k: int = 5, explain: bool = False
     ) -> list[Prediction]:
         """One batched model call for all `images` with `dataset`'s live model (an id or
-        a name; None: the site's default). Raises TooManyPixels (their headers hold more
-        than PREDICT_MAX_REQUEST_PIXELS) or ImageRejected (naming no index: callers
-        decode one by one for that) before the model is touched."""
+        a name; None: the site's default), and with `explain` where it looked for each
+        best class (one more batched call per image). Raises TooManyPixels (their headers
+        hold more than PREDICT_MAX_REQUEST_PIXELS) or ImageRejected (naming no index:
+        callers decode one by one for that) before the model is touched."""
         check_total_pixels(images, settings.PREDICT_MAX_REQUEST_PIXELS)
         loaded = self.current(dataset)
         size = loaded.version.image_size
         # Decode before the model runs: bad input costs nothing.
         batch = np.stack([load_array(data, size, max_pixels=settings.MAX_IMAGE_PIXELS) for data in images])
         probabilities = loaded.runtime.predict(batch)
-        return [_prediction(loaded, row, top_k) for row in probabilities]
+        predictions = [_prediction(loaded, row, top_k) for row in probabilities]
+        if explain:
+            predictions = [replace(p, explanation=_explain(loaded, pixels, row))
+                           for p, pixels, row in zip(predictions, batch, probabilities, strict=True)]  # fmt: skip
+        return predictions
 
     def current(self, dataset: int | str | None = None) -> Loaded:
         """`dataset`'s loaded model, checking the database at most once per interval
@@ -292,6 +308,12 @@ def _prediction(loaded: Loaded, probabilities: np.ndarray, top_k: int) -> Predic
     order = np.argsort(probabilities)[::-1][: max(1, top_k)]
     scores = [ClassScore(label=classes[i], probability=float(probabilities[i])) for i in order]
     return Prediction(version=loaded.version, scores=scores, threshold=loaded.threshold)
+
+
+def _explain(loaded: Loaded, pixels: np.ndarray, probabilities: np.ndarray) -> Explanation:
+    best = int(np.argmax(probabilities))
+    grid = occlusion_map(loaded.runtime.predict, pixels, best)
+    return Explanation(label=str(loaded.version.classes[best]), grid=grid, png=overlay_png(pixels, grid))
 
 
 def _runtime(version: ModelVersion) -> Runtime:

@@ -37,6 +37,12 @@ class PageResult:
     error: str = ""
     data_b64: str = ""  # the image, shown back beside its answer
 
+    @property
+    def explanation_b64(self) -> str:
+        """Where the model looked, as the page shows it (a few images a request are explained)."""
+        why = self.prediction.explanation if self.prediction else None
+        return base64.b64encode(why.png).decode() if why else ""
+
 
 @anonymous_uploads("PREDICT_ALLOW_ANONYMOUS")
 @limit_upload("PREDICT_MAX_UPLOAD_BYTES")
@@ -111,7 +117,8 @@ def _classify(files: list[tuple[str, bytes]], dataset: int | None) -> list[PageR
         if len(data) <= ECHO_MAX_BYTES:
             result.data_b64 = base64.b64encode(data).decode()
     if good:
-        predictions = get_predictor().predict_many([data for _, data in good], dataset=dataset, top_k=5)
+        explain = len(good) <= settings.PREDICT_EXPLAIN_MAX_IMAGES
+        predictions = get_predictor().predict_many([d for _, d in good], dataset=dataset, top_k=5, explain=explain)
         for (result, _), prediction in zip(good, predictions, strict=True):
             result.prediction = prediction
     return results

@@ -223,6 +223,8 @@ PREDICT_MAX_UPLOAD_BYTES = env.int("PREDICT_MAX_UPLOAD_BYTES", default=10 * 1024
 
 # Images one prediction request may carry (API and page); more get 413.
 PREDICT_MAX_IMAGES = env.int("PREDICT_MAX_IMAGES", default=16)
+# Images one request may ask explain=true for: each costs 49 more images through the model.
+PREDICT_EXPLAIN_MAX_IMAGES = env.int("PREDICT_EXPLAIN_MAX_IMAGES", default=4)
 # Pixels all the images of one prediction request may hold (read from their headers
 # before any is decoded); more get 413. Each image alone is bounded by MAX_IMAGE_PIXELS,
 # but 16 images of 40 megapixels each cost seconds of CPU: 100 MP is eight 12 MP photos.
