@@ -22,17 +22,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 from django.conf import settings
 from django.db import connection
 
 from datasets.imaging import check_total_pixels, load_array
-from trainer.ml.runtimes import Runtime, checked_onnx_runtime, configure_tensorflow_threads, fastest_runtime
+from trainer.ml.runtimes import Runtime
 from trainer.ml.saliency import occlusion_map, overlay_png
 from trainer.models import ModelVersion
-from trainer.registry.files import NoModelAvailable, local_model_file, local_serving_files, model_version_samples
+from trainer.registry.files import NoModelAvailable
+from trainer.registry.runtimes import serving_runtime
 from trainer.registry.selectors import ServedKey, ServedTable, model_version_serving, served_table
 
 logger = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ class Predictor:
         retry scheduled) if it fails. Any failure keeps what is served."""
         key = (version.pk, version.sha256)
         try:
-            runtime = _runtime(version)
+            runtime = serving_runtime(version)
         except Exception as exc:
             self._record_failure(version, exc)
             return None
@@ -314,31 +314,6 @@ def _explain(loaded: Loaded, pixels: np.ndarray, probabilities: np.ndarray) -> E
     best = int(np.argmax(probabilities))
     grid = occlusion_map(loaded.runtime.predict, pixels, best)
     return Explanation(label=str(loaded.version.classes[best]), grid=grid, png=overlay_png(pixels, grid))
-
-
-def _runtime(version: ModelVersion) -> Runtime:
-    """The version's fastest runtime with Keras' answers on its own test images: checked
-    against the answers stored when ONNX Runtime was chosen for this file before (no
-    TensorFlow needed), else chosen now."""
-    path = local_model_file(version)
-    onnx_path = Path(settings.MODEL_CACHE_DIR) / f"{version.sha256}.onnx"
-    warm = (1, settings.PREDICT_MAX_IMAGES)
-    auto, threads = settings.PREDICT_RUNTIME == "auto", settings.PREDICT_TF_THREADS
-    stored = auto and local_serving_files(version, onnx_path)
-    if stored and (checked := checked_onnx_runtime(onnx_path, threads=threads, warm_batches=warm)):
-        logger.info("version %s: onnxruntime, checked against Keras' stored answers", version.pk)
-        return checked
-    configure_tensorflow_threads(threads)
-    choice = fastest_runtime(
-        path,
-        model_version_samples(version, limit=settings.PREDICT_CHECK_IMAGES),
-        onnx_path=onnx_path,
-        threads=threads,
-        try_onnx=auto,
-        warm_batches=warm,
-    )
-    logger.info("version %s runtimes: %s", version.pk, choice.tried)
-    return choice.runtime
 
 
 _predictor = Predictor()

@@ -67,3 +67,21 @@ def test_more_like_this_from_the_workbench_labels_three_similar_images_at_once(l
     page.wait_for_function("() => document.getElementById('wb-grid').dataset.pending === '0'")
     labels = dict(Image.objects.filter(pk__in=chosen, label_checked=True).values_list("pk", "label__name"))
     assert [labels.get(pk) for pk in chosen] == ["red", "red", "red"]
+
+
+def test_where_the_evaluated_model_looked_is_drawn_when_asked_for(live_server, admin_user, transactional_db,
+                                                                  browser):  # noqa: F811  # fmt: skip
+    from datasets.services import dataset_create, images_add
+    from tests.conftest import train_now
+    from tests.images import colour_items
+
+    dataset = dataset_create(name="colours")
+    images_add(dataset=dataset, items=colour_items(40))
+    evaluation = train_now(dataset).evaluations.get()
+    page = _login(browser, live_server)
+    page.goto(f"{live_server.url}/evaluations/{evaluation.pk}/")
+    first = page.locator("details.explain").first
+    assert first.locator("img").count() == 0  # nothing drawn, nothing asked of the server, until opened
+    first.locator("summary").click()
+    page.wait_for_function("() => { const i = document.querySelector('details.explain[open] img');"
+                           " return i && i.complete && i.naturalWidth > 0; }")  # fmt: skip

@@ -84,3 +84,20 @@ def test_the_prediction_page_shows_where_the_model_looked(member_client, trained
     page = member_client.post("/predict/", {"images": _upload("green.png", "green", 43)}).content.decode()
     assert 'alt="where the model looked" src="data:image/png;base64,' in page
     assert "Where it looked for green" in page
+
+
+@pytest.mark.django_db
+def test_the_report_shows_where_the_evaluated_model_looked_in_each_gallery_image(admin_client, trained_version):
+    from trainer.models import Evaluation
+
+    evaluation = Evaluation.objects.filter(model_version=trained_version).first()
+    prediction = evaluation.predictions.first()
+    page = admin_client.get(f"/evaluations/{evaluation.pk}/").content.decode()
+    assert f'data-src="/evaluations/{evaluation.pk}/predictions/' in page and "where it looked" in page
+    response = admin_client.get(f"/evaluations/{evaluation.pk}/predictions/{prediction.pk}/explain.png")
+    assert response.status_code == 200 and response["Content-Type"] == "image/png"
+    size = trained_version.image_size
+    assert Image.open(io.BytesIO(response.content)).size == (size, size)
+    prediction.image.delete()
+    gone = admin_client.get(f"/evaluations/{evaluation.pk}/predictions/{prediction.pk}/explain.png")
+    assert gone.status_code == 404

@@ -12,6 +12,7 @@ urlpatterns = [
     path("<int:pk>/charts/<str:name>.png", views.chart_view, name="chart"),
     path("<int:pk>/report.json", views.report_json_view, name="json"),
     path("<int:pk>/predictions.csv", views.predictions_csv_view, name="csv"),
+    path("<int:pk>/predictions/<int:prediction_pk>/explain.png", views.explain_view, name="explain"),
     path("<int:pk>/predictions/<int:prediction_pk>/relabel/", views.relabel_view, name="relabel"),
     path("<int:pk>/predictions/<int:prediction_pk>/queue/", views.queue_view, name="queue"),
 ]

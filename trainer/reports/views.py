@@ -17,6 +17,7 @@ from datasets.models import ChangeSource
 from datasets.services import image_queue_for_review
 from trainer.jobs.selectors import job_list
 from trainer.models import Evaluation, Prediction
+from trainer.reports.explain import NothingToExplain, prediction_overlay
 from trainer.reports.responses import chart_response, predictions_csv_response, report_document
 from trainer.reports.selectors import (
     evaluation_get,
@@ -86,6 +87,19 @@ def report_json_view(request: HttpRequest, pk: int) -> JsonResponse:
 @staff_member_required
 def predictions_csv_view(request: HttpRequest, pk: int) -> StreamingHttpResponse:
     return predictions_csv_response(evaluation_get(user=request.user, pk=pk))
+
+
+@staff_member_required
+def explain_view(request: HttpRequest, pk: int, prediction_pk: int) -> HttpResponse:
+    """Where the model looked in one evaluated image (a PNG; 404 saying why when it cannot)."""
+    prediction = prediction_get(evaluation=evaluation_get(user=request.user, pk=pk), pk=prediction_pk)
+    try:
+        png = prediction_overlay(prediction)
+    except NothingToExplain as exc:
+        raise Http404(str(exc)) from None
+    response = HttpResponse(png, content_type="image/png")
+    response["Cache-Control"] = "private, max-age=3600"  # an evaluation never changes
+    return response
 
 
 @staff_member_required
