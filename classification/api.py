@@ -24,6 +24,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
+from classification.capture import capture_answers
 from classification.predictor import NotServed, Prediction, get_predictor
 from classifier_site import throttling
 from classifier_site.throttling import parse_rate
@@ -272,6 +273,7 @@ class PredictView(APIView):
             return _detail(str(exc), 503)
         except NoModelAvailable as exc:
             return _detail(str(exc), 503)
+        capture_answers(results, [(u.name or "", data) for u, data in zip(uploads, images, strict=True)])
         answered = {"dataset": _dataset_json(results[0]), "model_version": _version_json(results[0])}
         if single:
             return Response({**answered, **_result_json(results[0])})

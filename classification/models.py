@@ -1,4 +1,5 @@
-"""Serving's own tables: scoring runs (the promoted model's suggestions for a dataset)."""
+"""Serving's own tables: scoring runs (the promoted model's suggestions for a dataset), and
+learning from production (a dataset's opt-in and the live answers it kept)."""
 
 from datetime import timedelta
 
@@ -52,3 +53,40 @@ class ScoringRun(Counted, models.Model):
     def is_stale(self) -> bool:
         """Running, but no batch for longer than any takes: its worker died. Another run may start."""
         return is_stale(status=self.status, last_sign_of_life=self.heartbeat_at or self.started_at, after=SCORING_STALE)
+
+
+class LiveCapture(models.Model):
+    """Learning from production, opted into per dataset (classification.capture): a sample of
+    the live predictions of its model is kept, with the image, for the labelling queue."""
+
+    dataset = models.OneToOneField(Dataset, on_delete=models.CASCADE, related_name="live_capture")
+    enabled = models.BooleanField(default=False)
+    # Of the answers at or above the rejection threshold; every one below it is kept.
+    share = models.FloatField(default=0.05)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"live capture of dataset {self.dataset_id} ({'on' if self.enabled else 'off'})"
+
+
+class LivePrediction(models.Model):
+    """One sampled live answer: what the model said, how sure it was, which version; and the
+    image it was given while that is kept (unlabelled in the dataset, or labelled since)."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="live_predictions")
+    model_version = models.ForeignKey(ModelVersion, null=True, on_delete=models.SET_NULL, related_name="+")
+    image = models.ForeignKey("datasets.Image", null=True, on_delete=models.SET_NULL, related_name="+")
+    label = models.CharField(max_length=200)  # the most probable class, even when the answer was "unknown"
+    confidence = models.FloatField()
+    unknown = models.BooleanField()
+    # The answers it stands for: 1 below the threshold (all kept), 1/share above (a sample):
+    # weighted, the sample gives the live mix and confidence without bias.
+    weight = models.FloatField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["dataset", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"live prediction {self.pk}: {self.label} ({self.confidence:.2f})"

@@ -14,13 +14,16 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from classification.api import PredictThrottle
+from classification.capture import capture_answers, capture_set
+from classification.drift import drift
 from classification.forms import CorrectionForm, PredictForm
 from classification.predictor import Prediction, get_predictor
+from classifier_site.errors import Refused
 from classifier_site.permissions import is_admin
 from classifier_site.uploads import anonymous_uploads, limit_upload
 from datasets.imaging import ImageRejected, TooManyPixels, decode_image
 from datasets.labelling import image_add_correction
-from datasets.selectors import dataset_list
+from datasets.selectors import dataset_get, dataset_list
 from trainer.models import ModelVersion
 from trainer.registry.files import NoModelAvailable
 from trainer.registry.selectors import model_versions_live
@@ -121,6 +124,7 @@ def _classify(files: list[tuple[str, bytes]], dataset: int | None) -> list[PageR
         predictions = get_predictor().predict_many([d for _, d in good], dataset=dataset, top_k=5, explain=explain)
         for (result, _), prediction in zip(good, predictions, strict=True):
             result.prediction = prediction
+        capture_answers(predictions, [(result.filename, data) for result, data in good])
     return results
 
 
@@ -149,3 +153,20 @@ def correction_view(request: HttpRequest) -> HttpResponse:
         return redirect("classification:predict")
     messages.success(request, added)
     return redirect("classification:predict")
+
+
+@staff_member_required
+def live_view(request: HttpRequest, dataset_pk: int) -> HttpResponse:
+    """Learning from production for one dataset: the opt-in, what was kept, the drift panel."""
+    dataset = dataset_get(user=request.user, pk=dataset_pk)
+    if request.method == "POST":
+        try:
+            share = float(request.POST.get("share", "0.05"))
+            capture_set(dataset=dataset, enabled=request.POST.get("enabled") == "on", share=share)
+        except (Refused, ValueError) as exc:
+            messages.error(request, str(exc) if isinstance(exc, Refused) else "The share must be a number.")
+        else:
+            messages.success(request, "Saved.")
+        return redirect("classification:live", dataset.pk)
+    context = {"dataset": dataset, "drift": drift(dataset=dataset), "retention_days": settings.CAPTURE_RETENTION_DAYS}
+    return render(request, "classification/live.html", context)

@@ -223,6 +223,10 @@ PREDICT_MAX_UPLOAD_BYTES = env.int("PREDICT_MAX_UPLOAD_BYTES", default=10 * 1024
 
 # Images one prediction request may carry (API and page); more get 413.
 PREDICT_MAX_IMAGES = env.int("PREDICT_MAX_IMAGES", default=16)
+# Learning from production (opted into per dataset on its live page): kept images still
+# unlabelled after this many days are deleted, and at most this many wait per dataset.
+CAPTURE_RETENTION_DAYS = env.int("CAPTURE_RETENTION_DAYS", default=30)
+CAPTURE_MAX_IMAGES = env.int("CAPTURE_MAX_IMAGES", default=2000)
 # Images one request may ask explain=true for: each costs 49 more images through the model.
 PREDICT_EXPLAIN_MAX_IMAGES = env.int("PREDICT_EXPLAIN_MAX_IMAGES", default=4)
 # Pixels all the images of one prediction request may hold (read from their headers
