@@ -290,3 +290,26 @@ def test_storage_holds_the_newest_analysis_s_vectors_only_and_verify_storage_agr
     assert first.index_file == "" and second.index_file and default_storage.exists(second.index_file)
     assert default_storage.listdir(f"quality/dataset-{planted.pk}")[1] == [second.index_file.rsplit("/", 1)[1]]
     call_command("verify_storage", "--grace-minutes", "0")  # raises CommandError on a missing, damaged or orphan file
+
+
+@pytest.mark.worker
+def test_an_analysis_runs_on_a_real_worker_process(celery_worker_process, admin_client, tmp_path):
+    """As `make run` runs it: queued from the API, analysed by a `celery worker` (whose pool
+    process is a daemon: the libraries must not start processes of their own)."""
+    import time
+
+    from trainer.ml.weights import install_file
+
+    install_file(path=pixel_backbone_file(tmp_path / "pixels.keras"), name="raw", feature_layer="flat", image_size=32,
+                 builtin_preprocessing=True, title="Pixels")  # fmt: skip
+    dataset = plant()
+    started = admin_client.post(reverse("quality-run-list"), {"dataset": dataset.pk})
+    assert started.status_code == 201, started.content
+    run = QualityRun.objects.get(pk=started.json()["id"])
+    deadline = time.monotonic() + 120
+    while not run.is_finished and time.monotonic() < deadline:
+        time.sleep(0.5)
+        run.refresh_from_db()
+    assert run.status == "succeeded", run.error
+    assert len(run.report["groups"]) == 2 and run.report["label_issues"] >= 1
+    assert named(dataset, "flipped.png").label_issue_suggestion == "red"

@@ -183,7 +183,11 @@ def label_issues(labels: np.ndarray, probabilities: np.ndarray) -> list[LabelIss
     quality = get_label_quality_scores(labels, probabilities)
     # "both": flagged by the per-class thresholds and by the estimated noise rates; the fewest
     # false alarms for a review queue (precision 0.95 against 0.89 for the default filter)
-    flagged = find_label_issues(labels, probabilities, filter_by="both", return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab's own process pool cannot start inside a Celery worker's pool process
+    # (a daemon); the work is a few milliseconds of NumPy per class anyway.
+    flagged = find_label_issues(
+        labels, probabilities, filter_by="both", return_indices_ranked_by="self_confidence", n_jobs=1
+    )
     return [LabelIssue(int(i), float(quality[i]), int(np.argmax(probabilities[i]))) for i in flagged]
 
 
