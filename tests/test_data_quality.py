@@ -247,7 +247,9 @@ def test_the_api_starts_follows_and_acts_on_an_analysis(planted, admin_client, m
     assert body["status"] == "succeeded" and [g["leak"] for g in body["groups"]] == [True, False]
     red = named(planted, "red-0.png").pk
     similar = admin_client.get(reverse("quality-run-similar", args=[run_id]), {"image": red, "k": 3}).json()
-    assert similar["results"][0]["id"] == named(planted, "leak.png").pk and len(similar["results"]) == 3
+    leak = named(planted, "leak.png").pk
+    assert similar["results"][0]["id"] == leak and len(similar["results"]) == 3
+    assert similar["results"][0]["thumbnail"] == f"/datasets/images/{leak}/thumbnail/"  # through the permission check
     assert admin_client.get(reverse("quality-run-similar", args=[run_id]), {"image": "x"}).status_code == 400
     assert admin_client.get(reverse("quality-run-similar", args=[run_id]), {"image": 10**6}).status_code == 400
     group = body["groups"][1]

@@ -5,6 +5,7 @@ are also on the images (`label_issue_quality`, `outlier_score`)."""
 
 from typing import Any
 
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -50,7 +51,7 @@ class MoveSerializer(serializers.Serializer):
 
 def _image(image: Image) -> dict[str, Any]:
     return {"id": image.pk, "split": image.split, "label": image.label.name if image.label else None,
-            "thumbnail": image.thumbnail.url if image.thumbnail else image.file.url}  # fmt: skip
+            "thumbnail": reverse("datasets:image-file", args=[image.pk, "thumbnail"])}  # fmt: skip
 
 
 class QualityRunViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,

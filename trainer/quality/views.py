@@ -29,6 +29,7 @@ from trainer.quality.vectors import VectorsUnavailable
 
 GROUPS_PER_PAGE = 20
 SIMILAR_SHOWN = 24
+OUTLIERS_SHOWN = 40  # the most unusual; the workbench's outliers filter shows them all
 
 
 @staff_member_required
@@ -47,7 +48,8 @@ def quality_report_view(request: HttpRequest, dataset_pk: int) -> HttpResponse:
         "leaks": sum(g.leak for g in groups),
         "conflicts": sum(g.conflict for g in groups),
         "effect": leak_effect(done, groups) if done else None,
-        "outliers": outliers.select_related("label")[:40],
+        "outliers": outliers.select_related("label")[:OUTLIERS_SHOWN],
+        "outlier_count": outliers.count(),
         "label_issues": Image.objects.filter(dataset=dataset, label_issue_quality__isnull=False).count(),
         "backbones": [b.name for b in backbones.installed()],
         "splits": Split.choices,
