@@ -71,16 +71,22 @@ def drift(*, dataset: Dataset, days: int = DAYS) -> Drift:
         period.day = row["day"]
         _add(period, row["label"], row["answers"], row["weighted_confidence"], row["unknown"])
     test = _test_period(dataset)
-    kept = LivePrediction.objects.filter(dataset=dataset)
     labels = {label for p in periods.values() for label in p.mix} | set(test.mix if test else {})
+    kept, waiting = capture_counts(dataset=dataset)
     return Drift(
         capture=LiveCapture.objects.filter(dataset=dataset).first(),
         days=sorted(periods.values(), key=lambda p: p.day or date.min, reverse=True),
         test=test,
         classes=sorted(labels),
-        kept=kept.count(),
-        waiting=kept.filter(image__isnull=False, image__label__isnull=True).count(),
+        kept=kept,
+        waiting=waiting,
     )
+
+
+def capture_counts(*, dataset: Dataset) -> tuple[int, int]:
+    """(answers kept in all, their images still unlabelled in the dataset)."""
+    kept = LivePrediction.objects.filter(dataset=dataset)
+    return kept.count(), kept.filter(image__isnull=False, image__label__isnull=True).count()
 
 
 def _add(period: Period, label: str, weight: float, weighted_confidence: float, unknown: bool) -> None:

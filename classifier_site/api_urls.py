@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from classification.api import DatasetPredictView, PredictView
+from classification.capture_api import LiveCaptureView
 from classification.scoring.api import ScoringRunViewSet
 from datasets.api import DatasetViewSet, ImageViewSet, ImportViewSet, LabelViewSet
 from datasets.labelling_api import LabelChangeViewSet
@@ -30,6 +31,7 @@ router.register("quality-runs", QualityRunViewSet, basename="quality-run")
 urlpatterns = [
     path("predict/", PredictView.as_view(), name="api-predict"),
     path("datasets/<int:dataset_id>/predict/", DatasetPredictView.as_view(), name="api-dataset-predict"),
+    path("datasets/<int:dataset_id>/live-capture/", LiveCaptureView.as_view(), name="api-live-capture"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include(router.urls)),

@@ -130,3 +130,19 @@ def test_the_live_page_turns_it_on_and_shows_the_drift_against_the_test_split(ad
     admin_client.post(url, {"share": "0.5"})  # unchecked: off
     dataset.live_capture.refresh_from_db()
     assert not dataset.live_capture.enabled
+
+
+def test_the_api_turns_it_on_and_says_what_waits_for_a_label(admin_user, member, unsure):
+    admin = APIClient()
+    admin.force_authenticate(admin_user)
+    url = f"/api/v1/datasets/{unsure.dataset_id}/live-capture/"
+    assert admin.get(url).json() == {"enabled": False, "share": 0.05, "kept": 0, "waiting": 0}
+    assert admin.put(url, {"share": 0.5}, format="json").status_code == 400  # no `enabled`
+    assert admin.put(url, {"enabled": True, "share": 2}, format="json").status_code == 400
+    assert admin.put(url, {"enabled": True, "share": 0.0}, format="json").json()["enabled"] is True
+    user = APIClient()
+    user.force_authenticate(member)
+    assert user.get(url).status_code == 403
+    _post(user, ("purple.png", PURPLE))
+    assert admin.get(url).json() == {"enabled": True, "share": 0.0, "kept": 1, "waiting": 1}
+    assert admin.get("/api/v1/datasets/999999/live-capture/").status_code == 404
