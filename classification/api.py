@@ -306,11 +306,13 @@ def _top_k(raw: Any) -> int | None:
 
 
 def _flag(raw: Any) -> bool | None:
-    """A boolean form or query field: absent is False; anything but true/false words is None."""
+    """A boolean form or query field, in the words DRF's BooleanField takes: absent is False;
+    anything else is None."""
     if raw in (None, ""):
         return False
     word = str(raw).strip().lower()
-    return True if word in ("true", "1", "yes", "on") else False if word in ("false", "0", "no", "off") else None
+    field = serializers.BooleanField
+    return True if word in field.TRUE_VALUES else False if word in field.FALSE_VALUES else None
 
 
 def _rejected(uploads: list[UploadedFile], images: list[bytes]) -> Response:

@@ -11,7 +11,6 @@ now). Keeping one costs its request an import of one image; answering never fail
 because of it.
 """
 
-import hashlib
 import logging
 import random
 import threading
@@ -23,11 +22,12 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from classification.drift import waiting_for_label
 from classification.models import LiveCapture, LivePrediction
 from classification.predictor import Prediction
 from classifier_site.errors import Refused
 from datasets.models import Dataset, Image
-from datasets.services import images_add, images_delete
+from datasets.services import image_add_or_get, images_delete
 
 logger = logging.getLogger(__name__)
 
@@ -92,27 +92,23 @@ def _settings(dataset_id: int) -> tuple[bool, float]:
 
 def _room(dataset_id: int) -> bool:
     """Fewer than CAPTURE_MAX_IMAGES kept images still wait for a label."""
-    return _waiting(dataset_id).count() < settings.CAPTURE_MAX_IMAGES
-
-
-def _waiting(dataset_id: int):  # type: ignore[no-untyped-def]
-    """The kept answers whose image is still in the dataset, unlabelled."""
-    return LivePrediction.objects.filter(dataset_id=dataset_id, image__isnull=False, image__label__isnull=True)
+    return waiting_for_label(dataset_id).count() < settings.CAPTURE_MAX_IMAGES
 
 
 def _kept_image(dataset: Dataset, name: str, data: bytes, prediction: Prediction) -> Image | None:
     """The image in the dataset, unlabelled, the answer as its suggestion (an image the
-    dataset holds already is linked, not changed)."""
-    sha = hashlib.sha256(data).hexdigest()
-    if (existing := Image.objects.filter(dataset=dataset, sha256=sha).first()) is not None:
-        return existing
-    images_add(dataset=dataset, items=[(f"live-{name or 'image'}", data, None)])
-    best, second = prediction.scores[0], prediction.scores[1] if len(prediction.scores) > 1 else None
-    Image.objects.filter(dataset=dataset, sha256=sha).update(
-        suggestion=best.label, suggestion_confidence=best.probability, suggestion_version=prediction.version.pk,
-        suggestion_margin=best.probability - (second.probability if second else 0.0), suggestion_entropy=None,
-    )  # fmt: skip
-    return Image.objects.filter(dataset=dataset, sha256=sha).first()
+    dataset holds already is linked, not changed); None when the import refused it."""
+    try:
+        image, added = image_add_or_get(dataset=dataset, filename=f"live-{name or 'image'}", data=data)
+    except ValueError:
+        return None
+    if added:
+        best, second = prediction.scores[0], prediction.scores[1] if len(prediction.scores) > 1 else None
+        Image.objects.filter(pk=image.pk).update(
+            suggestion=best.label, suggestion_confidence=best.probability, suggestion_version=prediction.version.pk,
+            suggestion_margin=best.probability - (second.probability if second else 0.0), suggestion_entropy=None,
+        )  # fmt: skip
+    return image
 
 
 def _expire_now_and_then(dataset: Dataset) -> None:
@@ -128,7 +124,7 @@ def captures_expire(*, dataset: Dataset) -> int:
     """Delete the kept images still unlabelled after CAPTURE_RETENTION_DAYS, and the oldest
     beyond CAPTURE_MAX_IMAGES; how many went (their answers stay, for the drift panel)."""
     cutoff = timezone.now() - timedelta(days=settings.CAPTURE_RETENTION_DAYS)
-    waiting = _waiting(dataset.pk).order_by("-created_at", "-id")
+    waiting = waiting_for_label(dataset.pk).order_by("-created_at", "-id")
     old = set(waiting.filter(created_at__lt=cutoff).values_list("image_id", flat=True))
     over = set(waiting.values_list("image_id", flat=True)[settings.CAPTURE_MAX_IMAGES :])
     if not (old | over):

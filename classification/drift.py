@@ -6,7 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from django.db.models import F, Sum
+from django.db.models import F, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -85,8 +85,12 @@ def drift(*, dataset: Dataset, days: int = DAYS) -> Drift:
 
 def capture_counts(*, dataset: Dataset) -> tuple[int, int]:
     """(answers kept in all, their images still unlabelled in the dataset)."""
-    kept = LivePrediction.objects.filter(dataset=dataset)
-    return kept.count(), kept.filter(image__isnull=False, image__label__isnull=True).count()
+    return LivePrediction.objects.filter(dataset=dataset).count(), waiting_for_label(dataset.pk).count()
+
+
+def waiting_for_label(dataset_id: int) -> QuerySet[LivePrediction]:
+    """The kept answers whose image is still in the dataset, unlabelled."""
+    return LivePrediction.objects.filter(dataset_id=dataset_id, image__isnull=False, image__label__isnull=True)
 
 
 def _add(period: Period, label: str, weight: float, weighted_confidence: float, unknown: bool) -> None:

@@ -7,7 +7,6 @@ never silently applied over a colleague's), a `LabelChange` row per image, and
 all-or-nothing batches that `label_change_undo` can revert.
 """
 
-import hashlib
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,7 +22,7 @@ from django.db.models import F, QuerySet
 from classifier_site import errors
 from datasets.imaging import decode_image
 from datasets.models import ChangeSource, Dataset, Image, Label, LabelChange
-from datasets.services import clean_label_name, images_add, label_get_or_create
+from datasets.services import clean_label_name, image_add_or_get, label_get_or_create
 
 # Rows per UPDATE ... WHERE id IN (...): well under SQLite's bound-variable limit.
 _CHUNK = 500
@@ -349,17 +348,11 @@ def image_add_correction(
     decoded and checked like any import; returns what happened, for people."""
     label_name = clean_label_name(label_name)
     decode_image(data, max_pixels=settings.MAX_IMAGE_PIXELS)  # a clear error before anything is written
-    sha = hashlib.sha256(data).hexdigest()
-    existing = Image.objects.filter(dataset=dataset, sha256=sha).first()
-    if existing is None:
-        # Added unlabelled, then labelled like any other change: the history says who decided.
-        report = images_add(dataset=dataset, items=[(filename, data, None)])
-        existing = Image.objects.filter(dataset=dataset, sha256=sha).first()
-        if existing is None:
-            reasons = "; ".join(reason for _, reason in report.skipped) or "skipped"
-            raise ValueError(f"{filename} was not added: {reasons}")
+    # Added unlabelled, then labelled like any other change: the history says who decided.
+    image, added = image_add_or_get(dataset=dataset, filename=filename, data=data)
+    if added:
         message = f"Added {filename} to {dataset.name} as {label_name}."
     else:
         message = f"{filename} was already in {dataset.name}; it is now labelled {label_name}."
-    image_label_set(image=existing, label_name=label_name, user=user, source=ChangeSource.CORRECTION)
+    image_label_set(image=image, label_name=label_name, user=user, source=ChangeSource.CORRECTION)
     return message

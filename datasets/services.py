@@ -419,6 +419,19 @@ def images_add(*, dataset: Dataset, items: Iterable[tuple[str, bytes, str | None
     return _write(dataset, entries, progress=None)
 
 
+def image_add_or_get(*, dataset: Dataset, filename: str, data: bytes) -> tuple[Image, bool]:
+    """The dataset's image with these bytes, added unlabelled when it has none: (image,
+    whether it was added). ValueError, saying why, when the file was refused."""
+    sha = hashlib.sha256(data).hexdigest()
+    if (existing := Image.objects.filter(dataset=dataset, sha256=sha).first()) is not None:
+        return existing, False
+    report = images_add(dataset=dataset, items=[(filename, data, None)])
+    if (added := Image.objects.filter(dataset=dataset, sha256=sha).first()) is None:
+        reasons = "; ".join(reason for _, reason in report.skipped) or "skipped"
+        raise ValueError(f"{filename} was not added: {reasons}")
+    return added, True
+
+
 def _write(
     dataset: Dataset, entries: Iterator[Entry], progress: Callable[[int], None] | None,
     run: DatasetImport | None = None,

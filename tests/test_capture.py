@@ -108,7 +108,7 @@ def test_a_failure_to_keep_an_answer_never_fails_the_answer(api, unsure, monkeyp
     def broken(**kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(capture, "images_add", broken)
+    monkeypatch.setattr("datasets.services.images_add", broken)  # under image_add_or_get
     results = _post(api, ("red.png", colour_image("red", seed=90)))
     assert results[0]["label"] == "red" and "answers not kept" in caplog.text
     assert LivePrediction.objects.count() == 0

@@ -4,7 +4,6 @@ hash once, and keeps the index in memory for "more like this" queries."""
 
 import functools
 import hashlib
-import threading
 from pathlib import Path
 
 from django.conf import settings
@@ -14,6 +13,7 @@ from django.core.files.storage import default_storage
 from classifier_site.local_cache import cache_touch, cache_trim
 from trainer.ml.data_quality import VectorIndex
 from trainer.ml.files import sha256_file
+from trainer.registry.files import copy_from_storage
 
 
 class VectorsUnavailable(Exception):
@@ -48,13 +48,7 @@ def _loaded(name: str, sha256: str) -> VectorIndex:
 
 
 def _fetch(name: str, local: Path) -> None:
-    local.parent.mkdir(parents=True, exist_ok=True)
-    partial = local.with_name(f".{local.name}.{threading.get_ident()}.partial")
     try:
-        with default_storage.open(name) as src:
-            partial.write_bytes(src.read())
-        partial.replace(local)
+        copy_from_storage(name, local)
     except OSError as exc:
         raise VectorsUnavailable("The stored vectors are missing: analyse the dataset again.") from exc
-    finally:
-        partial.unlink(missing_ok=True)

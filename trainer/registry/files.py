@@ -64,13 +64,13 @@ def local_serving_files(version: ModelVersion, onnx_path: Path) -> bool:
         return False
     try:
         for name, target in ((version.onnx_check_file, record), (version.onnx_file, onnx_path)):
-            _copy_from_storage(name, target)
+            copy_from_storage(name, target)
     except OSError:
         return False
     return True
 
 
-def _copy_from_storage(name: str, target: Path) -> None:
+def copy_from_storage(name: str, target: Path) -> None:
     """Under a temporary name, renamed into place: a reader never sees half a file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{threading.get_ident()}.partial")
