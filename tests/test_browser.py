@@ -82,6 +82,9 @@ def test_demo_walkthrough(live_server, celery_worker_process, demo_seven, browse
     page.set_input_files("input[name=images]", str(demo_seven))
     page.locator("#previews img").wait_for()  # the chosen image shows before it is sent
     page.click("button:has-text('Classify')")
+    # The first answer loads the served model (an ONNX conversion checked against Keras): the page
+    # comes back seconds later, so wait for it rather than count what is there now.
+    page.wait_for_selector("#result-1 .scores tbody tr", timeout=60_000)
     rows = page.locator("#result-1 .scores tbody tr")
     assert rows.count() == 5
     assert rows.first.locator(".label").inner_text() == "7"
