@@ -56,6 +56,27 @@ class Drift:
         named += [(p.day.isoformat() if p.day else "", p) for p in self.days]
         return [(name, period, [period.share(c) for c in self.classes]) for name, period in named]
 
+    @property
+    def chart(self) -> dict[str, object]:
+        """The drift panel's charts' data (static/js/drift-chart.js), oldest day first: mean
+        confidence and unknown share per day against the test split's, and the class mix."""
+        days = list(reversed(self.days))
+        return {
+            "days": [p.day.isoformat() if p.day else "" for p in days],
+            "confidence": [_rounded(p.confidence) for p in days],
+            "unknown": [_rounded(p.unknown_share) for p in days],
+            "mix": {c: [_rounded(p.share(c)) for p in days] for c in self.classes},
+            "test": self.test and self._test_chart(self.test),
+        }
+
+    def _test_chart(self, test: Period) -> dict[str, object]:
+        mix = {c: _rounded(test.share(c)) for c in self.classes}
+        return {"confidence": _rounded(test.confidence), "unknown": _rounded(test.unknown_share), "mix": mix}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
 
 def drift(*, dataset: Dataset, days: int = DAYS) -> Drift:
     since = timezone.now() - timedelta(days=days)

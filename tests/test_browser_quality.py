@@ -85,3 +85,30 @@ def test_where_the_evaluated_model_looked_is_drawn_when_asked_for(live_server, a
     first.locator("summary").click()
     page.wait_for_function("() => { const i = document.querySelector('details.explain[open] img');"
                            " return i && i.complete && i.naturalWidth > 0; }")  # fmt: skip
+
+
+def test_the_drift_panel_draws_confidence_and_class_mix_per_day(live_server, admin_user, transactional_db,
+                                                                browser):  # noqa: F811  # fmt: skip
+    """Three days of live answers, confidence falling and the mix moving to "blue": one point
+    a day on the confidence chart, one stacked bar a day on the mix chart."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from classification.models import LivePrediction
+    from datasets.services import dataset_create
+
+    dataset = dataset_create(name="live colours")
+    for day, (confidence, blue) in enumerate([(0.95, 1), (0.8, 2), (0.6, 3)]):
+        for n in range(4):
+            row = LivePrediction.objects.create(dataset=dataset, label="blue" if n < blue else "red",
+                                                confidence=confidence, unknown=confidence < 0.7, weight=1)  # fmt: skip
+            LivePrediction.objects.filter(pk=row.pk).update(created_at=timezone.now() - timedelta(days=2 - day))
+    page = _login(browser, live_server)
+    page.goto(f"{live_server.url}/predict/live/{dataset.pk}/")
+    page.wait_for_function("() => window.driftCharts && window.driftCharts.length === 2")
+    confidence = page.evaluate("window.driftCharts[0].data.datasets[0].data")
+    mix = page.evaluate("Object.fromEntries(window.driftCharts[1].data.datasets.map(d => [d.label, d.data]))")
+    assert confidence == [0.95, 0.8, 0.6]
+    assert mix == {"blue": [0.25, 0.5, 0.75], "red": [0.75, 0.5, 0.25]}
+    assert page.locator("#drift-confidence").bounding_box()["height"] > 100  # drawn, not collapsed

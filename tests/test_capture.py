@@ -3,6 +3,7 @@ threshold and a share of the others kept with the image, which lands unlabelled 
 labelling queue with its confidence; retention and the size cap; the drift panel; a
 failure to keep an answer never fails the answer."""
 
+import json
 from datetime import timedelta
 
 import numpy as np
@@ -13,6 +14,7 @@ from rest_framework.test import APIClient
 
 from classification import capture
 from classification.capture import capture_set, captures_expire
+from classification.drift import drift
 from classification.models import LiveCapture, LivePrediction
 from classification.predictor import get_predictor
 from datasets.models import Image, Label
@@ -127,6 +129,12 @@ def test_the_live_page_turns_it_on_and_shows_the_drift_against_the_test_split(ad
     page = admin_client.get(url).content.decode()
     assert 'data-row="test split"' in page and f'data-row="{timezone.now().date().isoformat()}"' in page
     assert "2</strong> images waiting for a label" in page
+    chart = json.loads(page.split('<script id="drift-data" type="application/json">')[1].split("</script>")[0])
+    today = drift(dataset=dataset).days[0]
+    assert chart["days"] == [today.day.isoformat()] and chart["confidence"] == [round(today.confidence, 4)]
+    assert chart["test"]["mix"].keys() == chart["mix"].keys() and sum(
+        s[0] for s in chart["mix"].values()
+    ) == pytest.approx(1, abs=1e-3)
     admin_client.post(url, {"share": "0.5"})  # unchecked: off
     dataset.live_capture.refresh_from_db()
     assert not dataset.live_capture.enabled
