@@ -13,7 +13,11 @@ from the same run.
   under the photo classes: the share among the 40 most unusual images;
 - "more like this": the query time at 1,271 vectors (the analysis's exact index) and at
   100,000 synthetic vectors (HNSW), each against a brute-force NumPy search, with the
-  HNSW recall of the exact 10 nearest.
+  HNSW recall of the exact 10 nearest;
+- "more like this" from an uploaded photo (20 dataset photos resized, cropped and
+  recompressed as above): the share whose original comes first, and the time of a query
+  through the stored ONNX extractor (decode, features, search: what a web process does)
+  against the same query through the backbone in Keras.
 
     SHARED_WEIGHTS_DIR=../shared/weights/models .venv/bin/python benchmarks/data_quality.py
 """
@@ -251,6 +255,44 @@ def query_figures(index: Any, rng: np.random.Generator, synthetic: int) -> None:
           f"brute-force NumPy {brute:.2f} ms ({brute / approximate:.0f}x)")  # fmt: skip
 
 
+def upload_figures(dataset: Any, run: Any, rng: np.random.Generator) -> None:
+    from datasets.imaging import load_array
+    from datasets.models import Image
+    from trainer.ml import backbones
+    from trainer.ml.features import traced
+    from trainer.quality.selectors import similar_to_upload
+    from trainer.quality.vectors import vectors_load
+
+    by_name = {name: data for name, data, _ in photos()}
+    rows = list(Image.objects.filter(dataset=dataset, original_name__in=by_name).values_list("pk", "original_name"))
+    chosen = [rows[i] for i in rng.choice(len(rows), 20, replace=False)]
+    uploads = [(pk, near_copy(by_name[name])) for pk, name in chosen]
+    similar_to_upload(run, data=uploads[0][1])  # the first query loads the extractor: not what a query costs
+    hits, onnx_ms = 0, []
+    for pk, data in uploads:
+        started = time.perf_counter()
+        found = similar_to_upload(run, data=data, k=12)
+        onnx_ms.append((time.perf_counter() - started) * 1000)
+        hits += bool(found) and found[0].image.pk == pk
+    keras_call = traced(backbones.feature_extractor(backbones.get(run.backbone), run.image_size))
+    index = vectors_load(name=run.index_file, sha256=run.index_sha256)
+
+    def through_keras(data: bytes) -> None:
+        pixels = load_array(data, run.image_size)[None].astype(np.float32)
+        index.search(keras_call(pixels).numpy(), 12)
+
+    through_keras(uploads[0][1])
+    keras_ms = []
+    for _, data in uploads:
+        started = time.perf_counter()
+        through_keras(data)
+        keras_ms.append((time.perf_counter() - started) * 1000)
+    onnx, keras = statistics.median(onnx_ms), statistics.median(keras_ms)
+    print(f"more like this from an upload: {hits} of {len(uploads)} recompressed photos found their original first; "
+          f"{onnx:.1f} ms a query through the stored ONNX extractor, {keras:.1f} ms through Keras "
+          f"({keras / onnx:.1f}x)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="mobilenetv2", help="an installed backbone (default mobilenetv2)")
@@ -278,6 +320,7 @@ def main() -> None:
         duplicate_figures(dataset, run, truth, vectors)
         outlier_figures(dataset, truth)
         query_figures(index, rng, args.synthetic)
+        upload_figures(dataset, run, rng)
 
 
 if __name__ == "__main__":

@@ -58,12 +58,15 @@ def anonymous_uploads(setting: str) -> Callable[[Callable[..., Any]], Callable[.
 
 
 def _view_setting(path: str, name: str) -> str | None:
-    """The setting a route's view names in attribute `name` (on the function or the API class)."""
+    """The setting a route's view names in attribute `name`: on the function, on one API
+    action (`@action(..., upload_limit_setting=...)`, which DRF passes as the route's
+    initkwargs), or on the API class."""
     try:
         view = resolve(path).func
     except Resolver404:
         return None
-    return getattr(view, name, None) or getattr(getattr(view, "cls", None), name, None)
+    own = getattr(view, name, None) or (getattr(view, "initkwargs", None) or {}).get(name)
+    return own or getattr(getattr(view, "cls", None), name, None)
 
 
 def route_body_limit(path: str) -> int:

@@ -1,8 +1,9 @@
 """Data quality through the site: an analysis on a small generated dataset with planted
 faults (a copy across train and test, a copy under another class, a mislabelled photo,
 an image like no other) finds each of them; keep-one and move act on a group; the leak's
-effect on the test score; "more like this" opens the workbench on the nearest images;
-the API; damaged vectors; features reused from a training job's cache.
+effect on the test score; "more like this" opens the workbench on the nearest images,
+from an image of the dataset or from an uploaded photo; the API; damaged vectors;
+features reused from a training job's cache.
 
 The backbone is installed here the way an operator installs a file: its "features" are
 the pixels themselves (32 x 32 x 3), so what counts as a copy is known exactly and an
@@ -23,7 +24,7 @@ from datasets.services import dataset_create, images_add, images_delete
 from tests.conftest import model_version_row, synthetic_report, train_now
 from trainer.ml.backbones import Backbone
 from trainer.models import QualityRun
-from trainer.quality.selectors import duplicate_groups, leak_effect, similar_images
+from trainer.quality.selectors import duplicate_groups, leak_effect, similar_images, similar_to_upload
 from trainer.quality.services import QualityRefused, duplicates_keep_one, duplicates_move, quality_run, quality_start
 from trainer.quality.vectors import VectorsUnavailable
 
@@ -189,10 +190,74 @@ def test_more_like_this_opens_the_workbench_on_the_nearest_images(planted, admin
     assert order[:2] == [red.pk, found[0].image.pk] and "wb-similar-note" in page
 
 
-def test_damaged_or_missing_vectors_say_so(planted):
-    from trainer.quality.vectors import _loaded
+def test_more_like_this_from_an_uploaded_photo(planted, admin_client):
+    """A recompressed copy of red-3, which the dataset never saw as such: its vector comes
+    from the stored ONNX extractor in this (web) process, and red-3 is nearest."""
+    run = analysed(planted)
+    assert run.extractor_file.endswith(".onnx") and default_storage.exists(run.extractor_file)
+    photo_of_red_3 = copy_of(photo("red", 203))
+    found = similar_to_upload(run, data=photo_of_red_3, k=5)
+    assert found[0].image == named(planted, "red-3.png") and found[0].similarity > 0.86
+    assert {n.image.label.name for n in found[1:4]} == {"red"}
+    upload = io.BytesIO(photo_of_red_3)
+    upload.name = "mine.jpg"
+    page = admin_client.post(reverse("quality:similar-upload", args=[planted.pk]), {"image": upload})
+    workbench = reverse("datasets:workbench", args=[planted.pk])
+    assert page.status_code == 302 and page["Location"].startswith(f"{workbench}?images={found[0].image.pk},")
+    assert len(page["Location"].split(",")) == 24  # the page shows more than the five asked for here
 
-    _loaded.cache_clear()  # an earlier test's index of the same content stays loaded otherwise, as it should
+
+def test_more_like_this_from_an_upload_refuses_what_it_cannot_search(planted, admin_client):
+    run = analysed(planted)
+    url = reverse("quality-run-similar-to-upload", args=[run.pk])
+    not_an_image = io.BytesIO(b"%PDF-1.4 not a photo")
+    not_an_image.name = "report.pdf"
+    refused = admin_client.post(url, {"image": not_an_image})
+    assert refused.status_code == 400 and "not an image" in refused.json()["image"], refused.json()
+    assert admin_client.post(url, {}).status_code == 400  # no file at all
+    page = admin_client.post(reverse("quality:similar-upload", args=[planted.pk]), {}, follow=True)
+    assert "Choose an image." in page.content.decode()
+    from django.conf import settings
+    from django.test import override_settings
+
+    from classifier_site.uploads import route_body_limit
+
+    # The upload limit is the action's own: the run's other routes keep the general body limit.
+    assert route_body_limit(url) == settings.PREDICT_MAX_UPLOAD_BYTES != settings.MAX_BODY_BYTES
+    assert route_body_limit(reverse("quality-run-list")) == settings.MAX_BODY_BYTES
+    with override_settings(PREDICT_MAX_UPLOAD_BYTES=1000, ANONYMOUS_MAX_BODY_BYTES=500):
+        big = io.BytesIO(png(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+        big.name = "big.png"
+        assert admin_client.post(url, {"image": big}).status_code == 413
+    QualityRun.objects.filter(pk=run.pk).update(extractor_file="", extractor_sha256="")  # as an older analysis
+    upload = io.BytesIO(png(photo("red", 203)))
+    upload.name = "red.png"
+    refused = admin_client.post(url, {"image": upload})
+    assert refused.status_code == 400 and "cannot search by an uploaded image" in refused.json()["image"]
+
+
+def test_an_extractor_whose_answers_drift_is_not_kept(tmp_path, monkeypatch):
+    """Wrong neighbours would look like right ones: a converted file that answers other
+    vectors than Keras is deleted, and the analysis goes on without uploads."""
+    import keras
+
+    from trainer.ml import extractor
+
+    model = keras.models.load_model(pixel_backbone_file(tmp_path / "pixels.keras"))
+    features = keras.Model(model.input, model.get_layer("flat").output)
+    samples = np.stack([photo(c, 1) for c in COLOURS])
+    extractor.write_extractor(features, samples, tmp_path / "good.onnx")  # the real conversion agrees
+    assert (tmp_path / "good.onnx").exists()
+    monkeypatch.setattr(extractor, "extractor_load", lambda path: lambda pixels: np.random.rand(len(pixels), 3072))
+    with pytest.raises(extractor.ExtractorDrifts, match="drift"):
+        extractor.write_extractor(features, samples, tmp_path / "drifting.onnx")
+    assert not (tmp_path / "drifting.onnx").exists()
+
+
+def test_damaged_or_missing_vectors_say_so(planted):
+    from trainer.quality.vectors import _loaded_index
+
+    _loaded_index.cache_clear()  # an earlier test's index of the same content stays loaded otherwise, as it should
     run = analysed(planted)
     with default_storage.open(run.index_file, "wb") as fh:
         fh.write(b"not the vectors")
@@ -289,8 +354,9 @@ def test_storage_holds_the_newest_analysis_s_vectors_only_and_verify_storage_agr
         images_delete(dataset=planted, ids=[named(planted, "blue-9.png").pk])  # other vectors: another file
         second = analysed(planted)
     first.refresh_from_db()
-    assert first.index_file == "" and second.index_file and default_storage.exists(second.index_file)
-    assert default_storage.listdir(f"quality/dataset-{planted.pk}")[1] == [second.index_file.rsplit("/", 1)[1]]
+    assert first.index_file == first.extractor_file == "" and second.index_file and second.extractor_file
+    kept = sorted(name.rsplit("/", 1)[1] for name in (second.index_file, second.extractor_file))
+    assert sorted(default_storage.listdir(f"quality/dataset-{planted.pk}")[1]) == kept
     call_command("verify_storage", "--grace-minutes", "0")  # raises CommandError on a missing, damaged or orphan file
 
 

@@ -395,6 +395,10 @@ class QualityRun(Counted, models.Model):
     # The stored vectors and their index (one file: trainer.ml.data_quality.VectorIndex) and its SHA-256.
     index_file = models.CharField(max_length=300, blank=True)
     index_sha256 = models.CharField(max_length=64, blank=True)
+    # The backbone as ONNX (trainer.ml.extractor), for "more like this" from an uploaded image;
+    # empty when it would not convert.
+    extractor_file = models.CharField(max_length=300, blank=True)
+    extractor_sha256 = models.CharField(max_length=64, blank=True)
     report = models.JSONField(default=dict)
     error = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)

@@ -90,12 +90,19 @@ def tensorflow_runtime(model_path: Path, *, image_shape: Sequence[int], warm_bat
 def onnx_runtime(model_path: Path, onnx_path: Path, *, threads: int, warm_batches: Sequence[int] = (1,)) -> Runtime:
     """The model through ONNX Runtime's CPU provider, converted once into `onnx_path`
     (kept: another process, or this one after a restart, reuses it)."""
-    import onnxruntime
-
     if not onnx_path.exists():
         from trainer.ml.export import load_model, write_onnx
 
         write_onnx(load_model(model_path), onnx_path)
+    predict, shape = onnx_session(onnx_path, threads=threads)
+    _warm(predict, shape, warm_batches)
+    return Runtime("onnxruntime", predict, onnx_path.stat().st_size, 0.0, 0.0)
+
+
+def onnx_session(onnx_path: Path, *, threads: int) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, ...]]:
+    """(batch -> first output, one input's shape) of an ONNX file on the CPU provider."""
+    import onnxruntime
+
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, all cores
     options.inter_op_num_threads = 1
@@ -105,10 +112,9 @@ def onnx_runtime(model_path: Path, onnx_path: Path, *, threads: int, warm_batche
     run = session.run
 
     def predict(batch: np.ndarray) -> np.ndarray:
-        return run(None, {feed.name: batch})[0]
+        return run(None, {feed.name: batch})[0]  # type: ignore[no-any-return]
 
-    _warm(predict, tuple(feed.shape[1:]), warm_batches)
-    return Runtime("onnxruntime", predict, onnx_path.stat().st_size, 0.0, 0.0)
+    return predict, tuple(feed.shape[1:])
 
 
 def fastest_runtime(

@@ -62,25 +62,26 @@ def analyse(run: QualityRun, *, still_running: StillRunning) -> dict[str, Any]:
     """Every image's vector, the stored index, the findings; the run's fields to finish with."""
     from trainer.quality.vectors import vectors_store
 
-    backbone = backbones.get(run.backbone)
-    ids, vectors = _vectors(run, backbone, still_running)
+    computer = _Computer(backbones.get(run.backbone), run.image_size)
+    ids, vectors = _vectors(run, computer, still_running)
     index = dq.VectorIndex.build(vectors, ids)
     name, sha = vectors_store(dataset_id=run.dataset_id, index=index)
-    report = {"backbone": backbone.name, "vectors": len(ids), "index": "exact" if index.exact else "hnsw",
+    extractor = _extractor(run, computer, ids)
+    report = {"backbone": run.backbone, "vectors": len(ids), "index": "exact" if index.exact else "hnsw",
               **_findings(run.dataset, index)}  # fmt: skip
     if not still_running(heartbeat_at=timezone.now()):
         raise RunLost
-    return {"index_file": name, "index_sha256": sha, "report": report}
+    return {"index_file": name, "index_sha256": sha, "report": report, **extractor}
 
 
-def _vectors(run: QualityRun, backbone: Backbone, still_running: StillRunning) -> tuple[np.ndarray, np.ndarray]:
+def _vectors(run: QualityRun, computer: "_Computer", still_running: StillRunning) -> tuple[np.ndarray, np.ndarray]:
     """(image ids, vectors) of every readable image: from a training job's feature cache
     where it holds them, through the backbone otherwise."""
+    backbone = computer.backbone
     cached = _training_features(run.dataset, backbone, run.image_size)
     images = list(Image.objects.filter(dataset=run.dataset).order_by("pk").only("pk", "file"))
     if not still_running(total=len(images), heartbeat_at=timezone.now()):
         raise RunLost
-    computer = _Computer(backbone, run.image_size)
     ids: list[int] = []
     rows: list[np.ndarray] = []
     for start in range(0, len(images), BATCH):
@@ -100,23 +101,58 @@ def _vectors(run: QualityRun, backbone: Backbone, still_running: StillRunning) -
 
 
 class _Computer:
-    """The backbone, built at its first use (a dataset whose vectors are all cached needs none)."""
+    """The backbone, built at its first use (a dataset whose vectors are all cached needs
+    it only for the extractor file)."""
 
     def __init__(self, backbone: Backbone, size: int) -> None:
         self.backbone, self.size = backbone, size
+        self._model: Any = None
         self.call: Callable[[np.ndarray], Any] | None = None
+
+    def model(self) -> Any:
+        if self._model is None:
+            from trainer.ml.backbones import feature_extractor
+
+            self._model = feature_extractor(self.backbone, self.size)
+        return self._model
 
     def vectors(self, images: list[Image]) -> dict[int, np.ndarray]:
         readable = [(image.pk, pixels) for image in images if (pixels := image_pixels(image, self.size)) is not None]
         if not readable:
             return {}
         if self.call is None:
-            from trainer.ml.backbones import feature_extractor
             from trainer.ml.features import traced
 
-            self.call = traced(feature_extractor(self.backbone, self.size))
+            self.call = traced(self.model())
         out = self.call(np.stack([p for _, p in readable]).astype(np.float32)).numpy()
         return {pk: out[row] for row, (pk, _) in enumerate(readable)}
+
+
+def _extractor(run: QualityRun, computer: _Computer, ids: np.ndarray) -> dict[str, str]:
+    """The run's fields for its stored ONNX extractor (what "more like this" from an
+    uploaded image runs in a web process); none, and why in the log, when it cannot be had."""
+    import tempfile
+    from pathlib import Path
+
+    from trainer.ml.export import ExportError
+    from trainer.ml.extractor import SAMPLES, ExtractorDrifts, write_extractor
+    from trainer.quality.vectors import extractor_store
+
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "extractor.onnx"
+        try:
+            write_extractor(computer.model(), _sample_pixels(ids[:SAMPLES], run.image_size), out)
+        except (ExportError, ExtractorDrifts, ValueError) as exc:  # tf2onnx raises ValueError for an op it lacks
+            logger.warning("quality run %s: no extractor for uploads: %s", run.pk, exc)
+            return {}
+        name, sha = extractor_store(dataset_id=run.dataset_id, path=out)
+    return {"extractor_file": name, "extractor_sha256": sha}
+
+
+def _sample_pixels(ids: np.ndarray, size: int) -> np.ndarray:
+    """The readable ones of these images as a model sees them (uint8, n x size x size x 3)."""
+    found = [p for image in Image.objects.filter(pk__in=ids.tolist()) if (p := image_pixels(image, size)) is not None]
+    return np.stack(found) if found else np.zeros((0, size, size, 3), np.uint8)
 
 
 def _training_features(dataset: Dataset, backbone: Backbone, size: int) -> dict[int, np.ndarray]:

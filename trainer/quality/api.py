@@ -1,6 +1,6 @@
 """Data quality in the API (admins): /api/v1/quality-runs/ starts an analysis of a dataset
 and lists them; /api/v1/quality-runs/{id}/ follows one and gives its findings; its
-`similar`, `groups/{n}/keep` and `groups/{n}/move` act on them. Label issues and outliers
+`similar`, `similar-to-upload`, `groups/{n}/keep` and `groups/{n}/move` act on them. Label issues and outliers
 are also on the images (`label_issue_quality`, `outlier_score`)."""
 
 from typing import Any
@@ -10,13 +10,22 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from classifier_site.permissions import admin_user
+from datasets.imaging import ImageRejected, TooManyPixels
 from datasets.models import Dataset, Image, Split
 from trainer.models import QualityRun
-from trainer.quality.selectors import SIMILAR_MAX, duplicate_groups, leak_effect, quality_run_list, similar_images
+from trainer.quality.selectors import (
+    SIMILAR_MAX,
+    duplicate_groups,
+    leak_effect,
+    quality_run_list,
+    similar_images,
+    similar_to_upload,
+)
 from trainer.quality.services import duplicates_keep_one, duplicates_move, quality_start
 from trainer.quality.vectors import VectorsUnavailable
 
@@ -41,6 +50,11 @@ class QualityRunCreateSerializer(serializers.Serializer):
     )  # fmt: skip
 
 
+class SimilarUploadSerializer(serializers.Serializer):
+    image = serializers.FileField(help_text="An image file (JPEG, PNG, WebP, ...), checked as any upload is.")
+    k = serializers.IntegerField(min_value=1, max_value=SIMILAR_MAX, default=12, help_text="How many neighbours.")
+
+
 class KeepSerializer(serializers.Serializer):
     image = serializers.IntegerField(help_text="The image of the group to keep; the others are deleted.")
 
@@ -62,6 +76,8 @@ class QualityRunViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.R
     serializer_class = QualityRunSerializer
     permission_classes = [permissions.IsAdminUser]
     filterset_fields = ["dataset", "status"]
+    # Set for the upload action only (its route's initkwargs); the other routes keep MAX_BODY_BYTES.
+    upload_limit_setting: str | None = None
 
     def get_queryset(self):  # type: ignore[no-untyped-def]
         return quality_run_list(user=self.request.user)
@@ -111,6 +127,30 @@ class QualityRunViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.R
         except VectorsUnavailable as exc:
             raise ValidationError({"image": str(exc)}) from None
         return Response({"image": image, "results": [{**_image(n.image), "similarity": n.similarity} for n in found]})
+
+    @extend_schema(
+        request={"multipart/form-data": SimilarUploadSerializer},
+        responses={
+            200: OpenApiResponse(description="The nearest images, nearest first, with their similarity."),
+            413: OpenApiResponse(description="The file is over PREDICT_MAX_UPLOAD_BYTES, or has too many pixels."),
+        },
+    )
+    @action(detail=True, methods=["post"], url_path="similar-to-upload", parser_classes=[MultiPartParser, FormParser],
+            upload_limit_setting="PREDICT_MAX_UPLOAD_BYTES")  # fmt: skip
+    def similar_to_upload(self, request: Request, pk: str | None = None) -> Response:
+        """More like this from an uploaded image: its features from the analysis's backbone
+        (stored as ONNX), and the dataset's images nearest to them."""
+        run = self.get_object()
+        incoming = SimilarUploadSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        data = incoming.validated_data["image"].read()
+        try:
+            found = similar_to_upload(run, data=data, k=incoming.validated_data["k"])
+        except TooManyPixels as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+        except (ImageRejected, VectorsUnavailable) as exc:
+            raise ValidationError({"image": str(exc)}) from None
+        return Response({"results": [{**_image(n.image), "similarity": n.similarity} for n in found]})
 
     @extend_schema(request=KeepSerializer, responses={200: OpenApiResponse(description="How many were deleted.")})
     @action(detail=True, methods=["post"], url_path=r"groups/(?P<group>\d+)/keep")

@@ -1,12 +1,13 @@
 """Reads of data quality, on behalf of a user: the runs, a run's near-duplicate groups as
 the dataset is now (after keep-one and moves), how much the leaks inflate the test score,
-and "more like this"."""
+and "more like this" (from an image of the dataset, or from an uploaded one)."""
 
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 from django.http import Http404
@@ -14,18 +15,23 @@ from django.http import Http404
 from classifier_site.permissions import is_admin
 from classifier_site.runs import RunStatus
 from classifier_site.storage_audit import Reference
+from datasets.imaging import load_array
 from datasets.models import Dataset, Image, Split
 from trainer.models import Evaluation, QualityRun
-from trainer.quality.vectors import VectorsUnavailable, vectors_load
+from trainer.quality.vectors import VectorsUnavailable, extractor_get, vectors_load
 
 SIMILAR_MAX = 100  # neighbours one query may ask for
 
 
 def quality_stored_files() -> Iterator[Reference]:
     """Each analysis's stored vectors and index, with its SHA-256, for verify_storage."""
-    rows = QualityRun.objects.exclude(index_file="").values_list("pk", "index_file", "index_sha256")
-    for pk, name, sha in rows.iterator(chunk_size=2000):
-        yield Reference(name, f"quality run {pk} (vectors)", sha)
+    rows = QualityRun.objects.exclude(index_file="", extractor_file="")
+    fields = ("pk", "index_file", "index_sha256", "extractor_file", "extractor_sha256")
+    for pk, index, index_sha, extractor, extractor_sha in rows.values_list(*fields).iterator(chunk_size=2000):
+        if index:
+            yield Reference(index, f"quality run {pk} (vectors)", index_sha)
+        if extractor:
+            yield Reference(extractor, f"quality run {pk} (extractor)", extractor_sha)
 
 
 def quality_runs() -> QuerySet[QualityRun]:
@@ -134,7 +140,24 @@ def similar_images(run: QualityRun, *, image_id: int, k: int = 12) -> list[Neigh
     nearest = index.neighbours(image_id, max(1, min(k, SIMILAR_MAX)))
     if nearest is None:
         raise VectorsUnavailable(f"Image {image_id} was not analysed (added later, or unreadable): analyse again.")
-    found = [(int(i), float(s)) for i, s in zip(*nearest, strict=True)]
+    return _neighbours(run, *nearest, k=k)
+
+
+def similar_to_upload(run: QualityRun, *, data: bytes, k: int = 12) -> list[Neighbour]:
+    """The `k` images most like an uploaded image's bytes, nearest first: its vector from
+    the run's stored extractor, searched in the run's index. ImageRejected for a file that
+    is not an acceptable image (as any upload is checked)."""
+    index = vectors_load(name=run.index_file, sha256=run.index_sha256)
+    extract = extractor_get(name=run.extractor_file, sha256=run.extractor_sha256)
+    pixels = load_array(data, run.image_size, max_pixels=settings.MAX_IMAGE_PIXELS)
+    ids, similarities = index.search(extract(pixels[None]), max(1, min(k, SIMILAR_MAX)))
+    keep = ids[0] >= 0
+    return _neighbours(run, ids[0][keep], similarities[0][keep], k=k)
+
+
+def _neighbours(run: QualityRun, ids: np.ndarray, similarities: np.ndarray, *, k: int) -> list[Neighbour]:
+    """Those of the found images still in the dataset (some may be deleted since), in order."""
+    found = [(int(i), float(s)) for i, s in zip(ids, similarities, strict=True)]
     images = Image.objects.filter(dataset=run.dataset_id, pk__in=[i for i, _ in found]).select_related("label")
     by_id = {image.pk: image for image in images}
     return [Neighbour(by_id[i], s) for i, s in found if i in by_id][:k]

@@ -81,10 +81,13 @@ def quality_run(*, run_id: int) -> QualityRun | None:
 
 def _forget_older(run: QualityRun) -> None:
     """Only the newest analysis answers "more like this": older ones' stored vectors go."""
-    older = QualityRun.objects.filter(dataset=run.dataset_id, pk__lt=run.pk).exclude(index_file="")
-    for pk, name in older.values_list("pk", "index_file"):
-        if QualityRun.objects.filter(pk=pk, index_file=name).update(index_file="", index_sha256=""):
-            transaction.on_commit(partial(default_storage.delete, name))
+    older = QualityRun.objects.filter(dataset=run.dataset_id, pk__lt=run.pk).exclude(index_file="", extractor_file="")
+    for pk, index, extractor in older.values_list("pk", "index_file", "extractor_file"):
+        stored = {"index_file": index, "extractor_file": extractor}
+        cleared = {"index_file": "", "index_sha256": "", "extractor_file": "", "extractor_sha256": ""}
+        if QualityRun.objects.filter(pk=pk, **stored).update(**cleared):
+            for name in filter(None, stored.values()):
+                transaction.on_commit(partial(default_storage.delete, name))
 
 
 def duplicates_keep_one(*, run: QualityRun, group: int, keep: int) -> int:

@@ -1,7 +1,8 @@
 """Data-quality pages (admins), under /quality/datasets/<id>/: the report (start an
 analysis, its progress, near-duplicate groups with keep-one and move, the leaks' effect
 on the test score, label issues, outliers, small classes), and "more like this", which
-opens the labelling workbench on the nearest images, to select and label at once."""
+opens the labelling workbench on the nearest images, to select and label at once (from an
+image of the dataset, or from an uploaded photo)."""
 
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
@@ -13,6 +14,8 @@ from django.views.decorators.http import require_GET, require_POST
 
 from classifier_site.errors import Refused
 from classifier_site.permissions import admin_user
+from classifier_site.uploads import limit_upload
+from datasets.imaging import ImageRejected, TooManyPixels
 from datasets.models import Image, Split
 from datasets.selectors import dataset_class_counts, dataset_get
 from trainer.ml import backbones
@@ -23,6 +26,7 @@ from trainer.quality.selectors import (
     quality_latest_done,
     quality_run_get,
     similar_images,
+    similar_to_upload,
 )
 from trainer.quality.services import duplicates_keep_one, duplicates_move, quality_start
 from trainer.quality.vectors import VectorsUnavailable
@@ -55,6 +59,7 @@ def quality_report_view(request: HttpRequest, dataset_pk: int) -> HttpResponse:
         "splits": Split.choices,
         # What keep-one and move change: the labelled images per split, now.
         "split_totals": {split: sum(getattr(c, split) for c in counts) for split in Split.values},
+        "similar_shown": SIMILAR_SHOWN,
     }
     return render(request, "trainer/quality_report.html", context)
 
@@ -113,6 +118,29 @@ def similar_view(request: HttpRequest, dataset_pk: int, image_pk: int) -> HttpRe
         messages.error(request, str(exc))
         return redirect("datasets:workbench", dataset.pk)
     ids = ",".join(str(pk) for pk in [image_pk, *(n.image.pk for n in found)])
+    return redirect(f"{reverse('datasets:workbench', args=[dataset.pk])}?images={ids}")
+
+
+@staff_member_required
+@require_POST
+@limit_upload("PREDICT_MAX_UPLOAD_BYTES")
+def similar_upload_view(request: HttpRequest, dataset_pk: int) -> HttpResponse:
+    """More like this from an uploaded photo: the workbench showing the nearest images, nearest first."""
+    dataset = dataset_get(user=request.user, pk=dataset_pk)
+    done, upload = quality_latest_done(dataset=dataset), request.FILES.get("image")
+    if done is None or upload is None:
+        messages.error(request, "Choose an image." if done else f"Analyse {dataset.name} first.")
+        return redirect("quality:report", dataset.pk)
+    try:
+        found = similar_to_upload(done, data=upload.read(), k=SIMILAR_SHOWN)
+    except (ImageRejected, TooManyPixels, VectorsUnavailable) as exc:
+        messages.error(request, f"{upload.name}: {exc}")
+        return redirect("quality:report", dataset.pk)
+    if not found:  # every indexed image deleted since the analysis
+        messages.error(request, f"No image of {dataset.name} is left from analysis {done.pk}: analyse again.")
+        return redirect("quality:report", dataset.pk)
+    messages.success(request, f"The {len(found)} images most like {upload.name}, nearest first.")
+    ids = ",".join(str(n.image.pk) for n in found)
     return redirect(f"{reverse('datasets:workbench', args=[dataset.pk])}?images={ids}")
 
 
