@@ -279,13 +279,15 @@ def test_models_beyond_the_memory_budget_are_evicted_least_recently_used_first(t
 def test_a_failed_load_answers_503_then_recovers_without_a_restart(api, trained_version, settings, caplog):
     """A transient storage error on the promoted version's first load used to leave the
     process answering 503 until it restarted."""
-    settings.PREDICT_LOAD_RETRY_SECONDS = 0.3
+    # Long enough that the next request lands within it on a busy machine (0.3 s did not, once).
+    settings.PREDICT_LOAD_RETRY_SECONDS = 1.5
     settings.PREDICT_RELOAD_SECONDS = 0.0
     stored = Path(trained_version.file.path)
     away = stored.with_name(stored.name + ".away")
     stored.rename(away)  # the storage loses the file for a while
     try:
         failed = _post(api, "/api/v1/predict/")
+        failed_at = time.monotonic()  # the backoff runs from the failure, recorded within that request
         assert (
             failed.status_code == 503
             and f"Model file of version {trained_version.pk} is missing" in failed.json()["detail"]
@@ -294,10 +296,10 @@ def test_a_failed_load_answers_503_then_recovers_without_a_restart(api, trained_
         assert during.status_code == 503 and "Trying again in" in during.json()["detail"]
     finally:
         away.rename(stored)
-    time.sleep(0.35)
+    time.sleep(max(0.0, failed_at + 1.55 - time.monotonic()))
     recovered = _post(api, "/api/v1/predict/")
     assert recovered.status_code == 200 and recovered.json()["model_version"]["id"] == trained_version.pk
-    assert "trying again in 0.3 s" in caplog.text
+    assert "trying again in 1.5 s" in caplog.text
 
 
 @pytest.mark.django_db
