@@ -154,7 +154,7 @@ def test_the_sweep_pages(roles, colour_dataset):
                                        "early_stopping": "on"})  # fmt: skip
     sweep = Sweep.objects.get()
     assert made.status_code == 302 and made["Location"] == f"/sweeps/{sweep.pk}/"
-    assert sweep.base_config == {"arch": "baseline", "epochs": "3"} and sweep.trials.count() == 2
+    assert sweep.base_config == {"arch": "baseline", "epochs": 3} and sweep.trials.count() == 2
     TrainingJob.objects.filter(sweep=sweep).update(history=[{"epoch": 1, "val_accuracy": 0.5}])
     detail = owner.get(f"/sweeps/{sweep.pk}/").content.decode()
     assert "learning_rate" in detail and 'id="sweep-curves"' in detail and "sweep-curves.js" in detail
@@ -192,6 +192,7 @@ def test_the_sweep_command(colour_dataset, capsys):
                  "--set", "epochs=3", "--json")  # fmt: skip
     printed = json.loads(capsys.readouterr().out)
     assert printed["status"] == "running" and [t["learning_rate"] for t in printed["trials"]] == [0.01, 0.001]
+    assert Sweep.objects.get(pk=printed["sweep"]).base_config == {"arch": "baseline", "epochs": 3}  # typed, not "3"
     call_command("sweep", "--show", str(printed["sweep"]))
     assert f"Sweep {printed['sweep']}: running" in capsys.readouterr().out
     with pytest.raises(CommandError, match="colour: not a config field"):

@@ -79,6 +79,20 @@ def typed_space(space: Space) -> Space:
     return typed
 
 
+def typed_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Config fields typed as their TrainConfig field ("2" becomes 2), or a ConfigError naming one."""
+    kinds = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    typed = {}
+    for name, value in fields.items():
+        if name not in kinds:
+            raise ConfigError(f"{name}: not a config field")
+        try:
+            typed[name] = coerce(kinds[name], value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name}: {exc}") from exc
+    return typed
+
+
 def rungs(*, first: int, eta: int, epochs: int) -> list[int]:
     """The epochs at which a trial of `epochs` epochs is judged: first, first*eta, ... before its end."""
     marks, epoch = [], max(first, 1)

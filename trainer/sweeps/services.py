@@ -13,7 +13,7 @@ from classifier_site.runs import ACTIVE, RunStatus
 from datasets.models import Dataset
 from trainer.jobs.services import training_job_cancel, training_job_start
 from trainer.ml.config import ConfigError, TrainConfig
-from trainer.ml.sweep import Space, trial_params, typed_space
+from trainer.ml.sweep import Space, trial_params, typed_fields, typed_space
 from trainer.models import Sweep
 
 
@@ -37,8 +37,7 @@ def sweep_start(
 ) -> Sweep:
     """Record the sweep and one queued job per trial, all on one frozen snapshot (so trials
     differ only in their configs), sent to the workers once the transaction commits."""
-    base = dict(base or {})
-    space = _typed(space)
+    base, space = _typed(base or {}, space)
     configs = _trial_configs(base, space, method=method, budget=budget, seed=seed)
     if not 2 <= eta <= 10 or first_rung < 1:
         raise SweepRefused("eta: must be between 2 and 10, and first_rung at least 1")
@@ -57,9 +56,10 @@ def sweep_start(
     return sweep
 
 
-def _typed(space: Space) -> Space:
+def _typed(base: dict[str, Any], space: Space) -> tuple[dict[str, Any], Space]:
+    """Both as their config fields' types, so the sweep stores 3 epochs, not "3" (from a form or --set)."""
     try:
-        return typed_space(space)
+        return typed_fields(base), typed_space(space)
     except ConfigError as exc:
         raise SweepRefused(str(exc)) from exc
 
