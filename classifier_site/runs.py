@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any
 
 from celery import Task
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -111,6 +111,28 @@ class Lifecycle:
         None when sent, else why not. Unlike `publish`, a broker that is down leaves the
         run queued, for the caller to send again later."""
         return publish(self.task(), pk)
+
+    def start_one(
+        self, scope: QuerySet[Any], create: Callable[[], Any], *, enqueue: bool, busy: str,
+        refusal: Callable[[str], Exception],
+    ) -> Any:  # fmt: skip
+        """A new run from `create()` while none of `scope` (a dataset's runs) is active, else
+        `refusal` saying `busy` and naming the active one; a partial unique index on the
+        table settles two starts racing each other. An active run still queued is published
+        again: its message may be lost, and a duplicate claims nothing."""
+        active = scope.filter(status__in=ACTIVE).first()
+        if active is not None:
+            if active.status == RunStatus.QUEUED and enqueue:
+                self.publish_on_commit(active.pk)
+            raise refusal(f"{busy} (run {active.pk} is {active.status}).")
+        try:
+            with transaction.atomic():
+                run = create()
+        except IntegrityError:
+            raise refusal(f"{busy}.") from None
+        if enqueue:
+            self.publish_on_commit(run.pk)
+        return run
 
     def claim(self, pk: int, **fields: Any) -> bool:
         """Compare-and-set: only one worker ever moves a run from queued to running."""

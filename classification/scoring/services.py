@@ -9,18 +9,19 @@ only (a worker, the `score_dataset` command), never in web processes.
 
 import logging
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 from celery import Task
 from django.contrib.auth.models import User
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from classification.models import SCORING_STALE, ScoringRun
 from classification.scoring.selectors import scoring_runs
 from classifier_site.errors import Refused
-from classifier_site.runs import ACTIVE, Lifecycle, RunStatus, describe_error
+from classifier_site.runs import Lifecycle, RunStatus, describe_error
 from datasets.models import Dataset, Image
 from datasets.selectors import image_pixels
 from trainer.models import ModelVersion
@@ -70,18 +71,10 @@ def scoring_start(
             "promote one in the model registry, or name the version to score with."
         )
     _fail_stale(dataset)
-    active = ScoringRun.objects.filter(dataset=dataset, status__in=ACTIVE).first()
-    if active is not None:
-        if active.status == RunStatus.QUEUED and enqueue:  # its message may be lost; a duplicate is harmless
-            RUNS.publish_on_commit(active.pk)
-        raise ScoringRefused(f"{dataset.name} is already being scored (run {active.pk} is {active.status}).")
-    try:
-        with transaction.atomic():  # the partial unique index settles two starts racing each other
-            run = ScoringRun.objects.create(dataset=dataset, model_version=version, created_by=user)
-    except IntegrityError:
-        raise ScoringRefused(f"{dataset.name} is already being scored.") from None
-    if enqueue:
-        RUNS.publish_on_commit(run.pk)
+    create = partial(ScoringRun.objects.create, dataset=dataset, model_version=version, created_by=user)
+    busy = f"{dataset.name} is already being scored"
+    run: ScoringRun = RUNS.start_one(ScoringRun.objects.filter(dataset=dataset), create, enqueue=enqueue, busy=busy,
+                                     refusal=ScoringRefused)  # fmt: skip
     return run
 
 

@@ -15,9 +15,9 @@ from functools import partial
 from celery import Task
 from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
-from django.db import IntegrityError, transaction
+from django.db import transaction
 
-from classifier_site.runs import ACTIVE, Lifecycle, RunStatus, describe_error
+from classifier_site.runs import Lifecycle, RunStatus, describe_error
 from datasets.models import Dataset
 from datasets.services import images_delete, images_split_set
 from trainer.models import QUALITY_STALE, QualityRun
@@ -41,21 +41,12 @@ def quality_start(
     """Queue an analysis of `dataset` with `backbone` (default: the one its latest
     transfer-learning job used, else the strongest installed), for a `default` worker."""
     chosen = choose_backbone(dataset, backbone)
-    RUNS.fail_stale(QualityRun.objects.filter(dataset=dataset), after=QUALITY_STALE)
-    active = QualityRun.objects.filter(dataset=dataset, status__in=ACTIVE).first()
-    if active is not None:
-        if active.status == RunStatus.QUEUED and enqueue:  # its message may be lost; a duplicate is harmless
-            RUNS.publish_on_commit(active.pk)
-        raise QualityRefused(f"{dataset.name} is already being analysed (run {active.pk} is {active.status}).")
-    try:
-        with transaction.atomic():  # the partial unique index settles two starts racing each other
-            run = QualityRun.objects.create(
-                dataset=dataset, backbone=chosen.name, image_size=chosen.image_size, created_by=user
-            )
-    except IntegrityError:
-        raise QualityRefused(f"{dataset.name} is already being analysed.") from None
-    if enqueue:
-        RUNS.publish_on_commit(run.pk)
+    runs = QualityRun.objects.filter(dataset=dataset)
+    RUNS.fail_stale(runs, after=QUALITY_STALE)
+    create = partial(QualityRun.objects.create, dataset=dataset, backbone=chosen.name, image_size=chosen.image_size,
+                     created_by=user)  # fmt: skip
+    run: QualityRun = RUNS.start_one(runs, create, enqueue=enqueue, busy=f"{dataset.name} is already being analysed",
+                                     refusal=QualityRefused)  # fmt: skip
     return run
 
 
