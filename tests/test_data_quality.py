@@ -254,6 +254,18 @@ def test_an_extractor_whose_answers_drift_is_not_kept(tmp_path, monkeypatch):
     assert not (tmp_path / "drifting.onnx").exists()
 
 
+def test_an_analysis_whose_extractor_will_not_convert_still_succeeds_without_uploads(planted, monkeypatch, caplog):
+    def unconvertible(*args, **kwargs):
+        raise RuntimeError("tf2onnx: no handler for op Foo")
+
+    monkeypatch.setattr("trainer.ml.extractor.write_extractor", unconvertible)
+    run = analysed(planted)
+    assert run.index_file and run.extractor_file == "" and "no extractor for uploads" in caplog.text
+    assert similar_images(run, image_id=named(planted, "red-0.png").pk)  # the image search stands
+    with pytest.raises(VectorsUnavailable, match="cannot search by an uploaded image"):
+        similar_to_upload(run, data=png(photo("red", 203)))
+
+
 def test_damaged_or_missing_vectors_say_so(planted):
     from trainer.quality.vectors import _loaded_index
 
