@@ -6,8 +6,11 @@ The set-up is the tested multi-host one (tests/test_scale_out.py): a real S3-com
 server (s3rver, installed by `make install-dev`), PostgreSQL and Redis on loopback, and
 worker processes that each have their own folders. Every worker reaches the object
 store through a counting TCP proxy, so the traffic is what crossed the socket. Each
-worker trains with one TensorFlow thread (TF_NUM_INTRAOP_THREADS=1), so a job fits one
-core and two workers on two cores can go near 2x.
+worker trains with one TensorFlow thread (TF_NUM_INTRAOP_THREADS=1) and, by default, is
+held to a CPU of its own (worker n on CPU n, pool processes included), so a job fits one
+core, as the target assumes. Unpinned (`--no-pin`), a lone worker's job also uses the idle
+second core (tf.data's threads, the fresh process importing TensorFlow): on 2 cores it
+then ran 1.5x faster than pinned, and two workers could not double that.
 
 - throughput: the same N jobs (the `baseline` CNN, 32 px, colour images) on one worker,
   then on two fresh ones; printed as jobs/min, the 2-worker figure as a ratio to the
@@ -21,9 +24,11 @@ core and two workers on two cores can go near 2x.
     .venv/bin/python benchmarks/scale.py            # about 5 minutes on 2 cores
     .venv/bin/python benchmarks/scale.py --jobs 4   # a quick look
     .venv/bin/python benchmarks/scale.py --sqlite   # the embedded database instead of PostgreSQL
+    .venv/bin/python benchmarks/scale.py --no-pin   # workers on any CPU
 """
 
 import argparse
+import functools
 import os
 import select
 import socket
@@ -134,9 +139,10 @@ def colour_dataset() -> Any:
     return dataset
 
 
-def start_workers(env: dict[str, str], work: Path, names: list[str]) -> list[subprocess.Popen[bytes]]:
+def start_workers(env: dict[str, str], work: Path, names: list[str], pin: bool) -> list[subprocess.Popen[bytes]]:
+    """One worker process a name; with `pin`, the n-th held to CPU n (its pool processes inherit it)."""
     procs = []
-    for name in names:
+    for n, name in enumerate(names):
         host = work / name
         host.mkdir(parents=True)
         folders = (("MEDIA_ROOT", "media"), ("MODEL_CACHE_DIR", "models"), ("TRAIN_WORK_DIR", "training"),
@@ -145,7 +151,10 @@ def start_workers(env: dict[str, str], work: Path, names: list[str]) -> list[sub
         log = (work / f"{name}.log").open("wb")
         command = [sys.executable, "-m", "celery", "-A", "classifier_site", "worker", "-Q", "gpu", "-c", "1",
                    "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-l", "INFO"]  # fmt: skip
-        procs.append(subprocess.Popen(command, cwd=ROOT, env=own, stdout=log, stderr=subprocess.STDOUT))
+        cpu = {n % (os.cpu_count() or 1)}
+        held = functools.partial(os.sched_setaffinity, 0, cpu) if pin else None
+        procs.append(subprocess.Popen(command, cwd=ROOT, env=own, stdout=log, stderr=subprocess.STDOUT,
+                                      preexec_fn=held))  # fmt: skip
     for name, proc in zip(names, procs, strict=True):
         while "ready." not in (work / f"{name}.log").read_text(errors="replace"):
             if proc.poll() is not None:
@@ -175,12 +184,12 @@ def wait_finished(jobs: list[Any], timeout: float = 1800) -> None:
 
 
 def throughput(
-    dataset: Any, env: dict[str, str], work: Path, proxy: CountingProxy, workers: int, jobs: int
+    dataset: Any, env: dict[str, str], work: Path, proxy: CountingProxy, workers: int, jobs: int, pin: bool
 ) -> dict[str, float]:
     from trainer.jobs.services import training_job_start
     from trainer.ml.config import TrainConfig
 
-    procs = start_workers(env, work / f"throughput-{workers}", [f"w{i}" for i in range(workers)])
+    procs = start_workers(env, work / f"throughput-{workers}", [f"w{i}" for i in range(workers)], pin)
     try:
         proxy.reset()
         started = time.monotonic()
@@ -198,7 +207,7 @@ def sweep_timing(dataset: Any, env: dict[str, str], work: Path, early_stopping: 
     from trainer.models import Sweep, TrainingJob
     from trainer.sweeps.services import sweep_start
 
-    procs = start_workers(env, work / f"sweep-{early_stopping}", ["s0", "s1"])
+    procs = start_workers(env, work / f"sweep-{early_stopping}", ["s0", "s1"], pin=False)
     try:
         base = {**JOB, "epochs": 18, "optimizer": "adam", "schedule": "constant"}
         sweep = sweep_start(dataset=dataset, space={"learning_rate": SWEEP_RATES}, base=base,
@@ -223,6 +232,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=8, help="jobs per throughput run (default 8)")
     parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--no-pin", action="store_true", help="workers on any CPU (default: worker n on CPU n)")
     parser.add_argument("--sqlite", action="store_true", help="the embedded database instead of PostgreSQL")
     parser.add_argument("--keep", type=Path, help="an empty folder to work in and leave behind (the workers' logs)")
     args = parser.parse_args()
@@ -231,10 +241,12 @@ def main() -> None:
         s3, env, proxy = setup(work, args.sqlite)
         try:
             dataset = colour_dataset()
-            one = throughput(dataset, env, work, proxy, 1, args.jobs)
-            two = throughput(dataset, env, work, proxy, 2, args.jobs)
+            pin = not args.no_pin
+            one = throughput(dataset, env, work, proxy, 1, args.jobs, pin)
+            two = throughput(dataset, env, work, proxy, 2, args.jobs, pin)
             print(f"throughput, {args.jobs} jobs ({JOB['arch']}, {JOB['image_size']} px, {JOB['epochs']} epochs, "
-                  f"{dataset.images.count()} images), each worker one TensorFlow thread:")  # fmt: skip
+                  f"{dataset.images.count()} images), each worker one TensorFlow thread"
+                  f"{', held to a CPU of its own' if pin else ', on any CPU'}:")  # fmt: skip
             print(f"  1 worker : {one['jobs_per_min']:6.2f} jobs/min ({one['seconds']:.0f} s)")
             print(
                 f"  2 workers: {two['jobs_per_min']:6.2f} jobs/min ({two['seconds']:.0f} s) "
