@@ -61,17 +61,18 @@ def parse_space(lines: list[str]) -> Space:
 
 def typed_space(space: Space) -> Space:
     """The space with each value typed as its config field ("0.1" becomes 0.1), or a ConfigError naming it."""
-    kinds = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     typed: Space = {}
     for name, values in space.items():
-        if name not in kinds:
-            raise ConfigError(f"{name}: not a config field")
+        kind = _field_type(name)
         try:
             if isinstance(values, dict):
-                typed[name] = {**values, "low": coerce(kinds[name], values.get("low")),
-                               "high": coerce(kinds[name], values.get("high"))}  # fmt: skip
+                typed[name] = {
+                    **values,
+                    "low": coerce(kind, values.get("low")),
+                    "high": coerce(kind, values.get("high")),
+                }
             elif isinstance(values, list) and values:
-                typed[name] = [coerce(kinds[name], v) for v in values]
+                typed[name] = [coerce(kind, v) for v in values]
             else:
                 raise ValueError("give a list of values or a range")
         except (TypeError, ValueError) as exc:
@@ -81,16 +82,21 @@ def typed_space(space: Space) -> Space:
 
 def typed_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """Config fields typed as their TrainConfig field ("2" becomes 2), or a ConfigError naming one."""
-    kinds = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     typed = {}
     for name, value in fields.items():
-        if name not in kinds:
-            raise ConfigError(f"{name}: not a config field")
+        kind = _field_type(name)
         try:
-            typed[name] = coerce(kinds[name], value)
+            typed[name] = coerce(kind, value)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{name}: {exc}") from exc
     return typed
+
+
+def _field_type(name: str) -> Any:
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == name:
+            return f.type
+    raise ConfigError(f"{name}: not a config field")
 
 
 def rungs(*, first: int, eta: int, epochs: int) -> list[int]:

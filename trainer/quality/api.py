@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from classifier_site.permissions import admin_user
-from datasets.imaging import ImageRejected, TooManyPixels
+from datasets.imaging import ImageRejected
 from datasets.models import Dataset, Image, Split
 from trainer.models import QualityRun
 from trainer.quality.selectors import (
@@ -132,7 +132,7 @@ class QualityRunViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.R
         request={"multipart/form-data": SimilarUploadSerializer},
         responses={
             200: OpenApiResponse(description="The nearest images, nearest first, with their similarity."),
-            413: OpenApiResponse(description="The file is over PREDICT_MAX_UPLOAD_BYTES, or has too many pixels."),
+            413: OpenApiResponse(description="The file is over PREDICT_MAX_UPLOAD_BYTES."),
         },
     )
     @action(detail=True, methods=["post"], url_path="similar-to-upload", parser_classes=[MultiPartParser, FormParser],
@@ -146,8 +146,6 @@ class QualityRunViewSet(mixins.CreateModelMixin, mixins.ListModelMixin, mixins.R
         data = incoming.validated_data["image"].read()
         try:
             found = similar_to_upload(run, data=data, k=incoming.validated_data["k"])
-        except TooManyPixels as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
         except (ImageRejected, VectorsUnavailable) as exc:
             raise ValidationError({"image": str(exc)}) from None
         return Response({"results": [{**_image(n.image), "similarity": n.similarity} for n in found]})

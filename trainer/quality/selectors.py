@@ -147,9 +147,9 @@ def similar_to_upload(run: QualityRun, *, data: bytes, k: int = 12) -> list[Neig
     """The `k` images most like an uploaded image's bytes, nearest first: its vector from
     the run's stored extractor, searched in the run's index. ImageRejected for a file that
     is not an acceptable image (as any upload is checked)."""
+    pixels = load_array(data, run.image_size, max_pixels=settings.MAX_IMAGE_PIXELS)  # bad input costs no load
     index = vectors_load(name=run.index_file, sha256=run.index_sha256)
     extract = extractor_get(name=run.extractor_file, sha256=run.extractor_sha256)
-    pixels = load_array(data, run.image_size, max_pixels=settings.MAX_IMAGE_PIXELS)
     ids, similarities = index.search(extract(pixels[None]), max(1, min(k, SIMILAR_MAX)))
     keep = ids[0] >= 0
     return _neighbours(run, ids[0][keep], similarities[0][keep], k=k)

@@ -48,8 +48,8 @@ def extractor_get(*, name: str, sha256: str) -> Extract:
     """The stored extractor, from this host's copy (fetched and verified on first use)."""
     if not name:
         raise VectorsUnavailable(
-            "This analysis cannot search by an uploaded image (its backbone would not convert to ONNX): "
-            "search from an image of the dataset instead."
+            "This analysis cannot search by an uploaded image (its backbone would not convert to ONNX, "
+            "or it predates this search): analyse again, or search from an image of the dataset."
         )
     return _loaded_extractor(name, sha256)
 

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 from classifier_site.errors import Refused
 from classifier_site.permissions import admin_user
 from classifier_site.uploads import limit_upload
-from datasets.imaging import ImageRejected, TooManyPixels
+from datasets.imaging import ImageRejected
 from datasets.models import Image, Split
 from datasets.selectors import dataset_class_counts, dataset_get
 from trainer.ml import backbones
@@ -117,8 +117,7 @@ def similar_view(request: HttpRequest, dataset_pk: int, image_pk: int) -> HttpRe
     except VectorsUnavailable as exc:
         messages.error(request, str(exc))
         return redirect("datasets:workbench", dataset.pk)
-    ids = ",".join(str(pk) for pk in [image_pk, *(n.image.pk for n in found)])
-    return redirect(f"{reverse('datasets:workbench', args=[dataset.pk])}?images={ids}")
+    return _workbench_showing(dataset.pk, [image_pk, *(n.image.pk for n in found)])
 
 
 @staff_member_required
@@ -133,15 +132,20 @@ def similar_upload_view(request: HttpRequest, dataset_pk: int) -> HttpResponse:
         return redirect("quality:report", dataset.pk)
     try:
         found = similar_to_upload(done, data=upload.read(), k=SIMILAR_SHOWN)
-    except (ImageRejected, TooManyPixels, VectorsUnavailable) as exc:
+    except (ImageRejected, VectorsUnavailable) as exc:
         messages.error(request, f"{upload.name}: {exc}")
         return redirect("quality:report", dataset.pk)
     if not found:  # every indexed image deleted since the analysis
         messages.error(request, f"No image of {dataset.name} is left from analysis {done.pk}: analyse again.")
         return redirect("quality:report", dataset.pk)
     messages.success(request, f"The {len(found)} images most like {upload.name}, nearest first.")
-    ids = ",".join(str(n.image.pk) for n in found)
-    return redirect(f"{reverse('datasets:workbench', args=[dataset.pk])}?images={ids}")
+    return _workbench_showing(dataset.pk, [n.image.pk for n in found])
+
+
+def _workbench_showing(dataset_pk: int, ids: list[int]) -> HttpResponse:
+    """The labelling workbench on these images only, in this order."""
+    shown = ",".join(str(pk) for pk in ids)
+    return redirect(f"{reverse('datasets:workbench', args=[dataset_pk])}?images={shown}")
 
 
 def _report(dataset_pk: int, request: HttpRequest) -> str:
