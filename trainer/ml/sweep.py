@@ -16,9 +16,6 @@ import random
 import warnings
 from typing import Any
 
-from scipy.stats import loguniform, randint, uniform
-from sklearn.model_selection import ParameterGrid, ParameterSampler
-
 from trainer.ml.config import ConfigError, TrainConfig, coerce
 
 METHODS = ("grid", "random")
@@ -31,6 +28,10 @@ Space = dict[str, list[Any] | dict[str, Any]]
 
 def trial_params(space: Space, *, method: str, budget: int, seed: int = 0) -> list[dict[str, Any]]:
     """The config fields of each trial, at most `budget` of them (fewer when the grid is smaller)."""
+    # scikit-learn and scipy.stats load here, not with the module: every web, worker and
+    # command process imports this module, and the two cost 1.6 s of start-up to each.
+    from sklearn.model_selection import ParameterGrid, ParameterSampler
+
     _check(space, method, budget)
     if method == "grid":
         grid = list(ParameterGrid({name: list(values) for name, values in space.items()}))
@@ -134,6 +135,8 @@ def _check(space: Space, method: str, budget: int) -> None:
 
 
 def _distribution(name: str, values: list[Any] | dict[str, Any]) -> Any:
+    from scipy.stats import loguniform, randint, uniform  # not at import: see trial_params
+
     if isinstance(values, list):
         return values
     low, high = values.get("low"), values.get("high")
