@@ -4,6 +4,10 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+# Bytecode caches on: a shell with PYTHONDONTWRITEBYTECODE set (this machine's does) has every
+# process compile the project again, and each test process rewrite the asserts of 386 plugin
+# modules again (9 s of its start-up).
+unexport PYTHONDONTWRITEBYTECODE
 export HOST ?= 127.0.0.1
 export PORT ?= 8000
 # PostgreSQL for the second test pass (.ci/run starts the server when it is down).
