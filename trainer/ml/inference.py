@@ -4,6 +4,7 @@
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,13 +51,14 @@ def compiled_head(model_path: Path) -> Callable[[np.ndarray], np.ndarray]:
     return lambda features: np.asarray(head(features, training=False))
 
 
-def compiled_predict(model_path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    """The `.keras` model at `model_path` as one traced function: uint8 (n, size,
-    size, 3) in, probabilities (n, classes) out, for any n without retracing."""
+def compiled_predict(model_path: Path, model: Any = None) -> Callable[[np.ndarray], np.ndarray]:
+    """The `.keras` model at `model_path` (or `model`, that file already loaded) as one
+    traced function: uint8 (n, size, size, 3) in, probabilities (n, classes) out, for
+    any n without retracing."""
     import tensorflow as tf
 
     from trainer.ml.export import OUTPUT_NAME, input_spec, load_model, serving_function
 
-    model = load_model(model_path)
+    model = load_model(model_path) if model is None else model
     concrete = tf.function(serving_function(model), input_signature=[input_spec(model)]).get_concrete_function()
     return lambda batch: np.asarray(concrete(tf.constant(batch))[OUTPUT_NAME])

@@ -77,23 +77,29 @@ def configure_tensorflow_threads(threads: int) -> None:
     _threads_set = True
 
 
-def tensorflow_runtime(model_path: Path, *, image_shape: Sequence[int], warm_batches: Sequence[int] = (1,)) -> Runtime:
-    """The `.keras` model as a warmed-up concrete `tf.function` (trainer.ml.inference's,
-    the one scoring uses), for images of `image_shape` (size, size, 3)."""
+def tensorflow_runtime(
+    model_path: Path, *, image_shape: Sequence[int], warm_batches: Sequence[int] = (1,), model: Any = None
+) -> Runtime:
+    """The `.keras` model (`model`: the file already loaded) as a warmed-up concrete
+    `tf.function` (trainer.ml.inference's, the one scoring uses), for images of
+    `image_shape` (size, size, 3)."""
     from trainer.ml.inference import compiled_predict
 
-    predict = compiled_predict(model_path)
+    predict = compiled_predict(model_path, model)
     _warm(predict, tuple(image_shape), warm_batches)
     return Runtime("tensorflow", predict, model_path.stat().st_size, 0.0, 0.0)
 
 
-def onnx_runtime(model_path: Path, onnx_path: Path, *, threads: int, warm_batches: Sequence[int] = (1,)) -> Runtime:
+def onnx_runtime(
+    model_path: Path, onnx_path: Path, *, threads: int, warm_batches: Sequence[int] = (1,), model: Any = None
+) -> Runtime:
     """The model through ONNX Runtime's CPU provider, converted once into `onnx_path`
-    (kept: another process, or this one after a restart, reuses it)."""
+    (kept: another process, or this one after a restart, reuses it) from `model_path`
+    or `model`, that file already loaded."""
     if not onnx_path.exists():
         from trainer.ml.export import load_model, write_onnx
 
-        write_onnx(load_model(model_path), onnx_path)
+        write_onnx(load_model(model_path) if model is None else model, onnx_path)
     predict, shape = onnx_session(onnx_path, threads=threads)
     _warm(predict, shape, warm_batches)
     return Runtime("onnxruntime", predict, onnx_path.stat().st_size, 0.0, 0.0)
@@ -130,12 +136,17 @@ def fastest_runtime(
     `samples` (uint8 images of the model's size) are within TOLERANCE of Keras'. Keras
     itself is the reference and the fallback, so it is always loaded first. An ONNX
     Runtime that answers like Keras gets its check record written (see module doc)."""
-    keras_runtime = tensorflow_runtime(model_path, image_shape=samples.shape[1:], warm_batches=warm_batches)
+    from trainer.ml.export import load_model
+
+    model = load_model(model_path)  # once, for both: loading a .keras file costs as much as tracing it
+    keras_runtime = tensorflow_runtime(
+        model_path, image_shape=samples.shape[1:], warm_batches=warm_batches, model=model
+    )
     expected = keras_runtime.predict(samples)
     candidates = [_timed(keras_runtime, samples[:1], 0.0)]
     tried = {"tensorflow": _ms(candidates[0].call_seconds)}
     if try_onnx:
-        onnx, tried["onnxruntime"] = _equal_onnx(model_path, onnx_path, samples, expected, threads, warm_batches)
+        onnx, tried["onnxruntime"] = _equal_onnx(model, model_path, onnx_path, samples, expected, threads, warm_batches)
         if onnx is not None:
             candidates.append(_timed(onnx, samples[:1], onnx.max_difference))
             tried["onnxruntime"] = _ms(candidates[-1].call_seconds)
@@ -168,11 +179,11 @@ def prepare_onnx(model_path: Path, samples: np.ndarray, onnx_path: Path) -> str:
 
 
 def _equal_onnx(
-    model_path: Path, onnx_path: Path, samples: np.ndarray, expected: np.ndarray, threads: int,
+    model: Any, model_path: Path, onnx_path: Path, samples: np.ndarray, expected: np.ndarray, threads: int,
     warm_batches: Sequence[int],
 ) -> tuple[Runtime | None, str]:  # fmt: skip
     try:
-        onnx = onnx_runtime(model_path, onnx_path, threads=threads, warm_batches=warm_batches)
+        onnx = onnx_runtime(model_path, onnx_path, threads=threads, warm_batches=warm_batches, model=model)
         difference = float(np.max(np.abs(onnx.predict(samples) - expected)))
     except Exception as exc:  # a conversion or session that fails: serve with Keras
         logger.warning("ONNX Runtime not used for %s: %s", model_path.name, exc)
