@@ -8,12 +8,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import redis
 from django.conf import settings
-from django.db import connection
+from django.db import connection, connections
 from django.test import Client
 
 from classifier_site.celery import app as celery_app
@@ -348,6 +349,48 @@ def _wait_for_line(path: Path, text: str, proc: subprocess.Popen[bytes], timeout
             break
         time.sleep(0.2)
     raise AssertionError(f"worker did not start:\n{path.read_text(errors='replace')[-3000:]}")
+
+
+# --- a browser (Debian's Chromium through Playwright) --------------------------------
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+# Chromium as root in a closed network: no sandbox, no background connections.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def _chromium() -> Iterator[Any]:
+    """One Chromium for a module's tests in a row (starting Playwright and Chromium costs
+    1.5 s of CPU); pytest ends it before a test of another module runs here."""
+    if not shutil.which(CHROMIUM):
+        if os.environ.get("REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); .ci/run installs it")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the
+    # test makes between browser steps are still plain synchronous ones.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            yield browser
+            browser.close()
+    finally:
+        del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
+
+
+@pytest.fixture
+def browser(_chromium: Any) -> Iterator[Any]:
+    """The module's Chromium; each `new_page()` opens its own context (no cookies shared),
+    and every context a test opened is closed after it."""
+    yield _chromium
+    for context in _chromium.contexts:
+        context.close()
+    # A query made while Playwright's loop runs gets a connection of its own: close it
+    # too, or PostgreSQL cannot drop the test database.
+    connections.close_all()
 
 
 # --- evaluation reports without training ------------------------------------------

@@ -6,38 +6,11 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
-from django.db import connections
 
 from datasets.models import Image
 from tests.images import class_folder_zip
 
 pytestmark = [pytest.mark.browser, pytest.mark.worker]
-
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-# Chromium as root in a closed network: no sandbox, no background connections.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]  # fmt: skip
-
-
-@pytest.fixture
-def browser():
-    if not shutil.which(CHROMIUM):
-        if os.environ.get("REQUIRE_BROWSER"):
-            pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium)")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); .ci/run installs it")
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; the ORM calls the
-    # test makes between browser steps are still plain synchronous ones.
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-        # A query made while Playwright's loop runs gets a connection of its own: close it
-        # too, or PostgreSQL cannot drop the test database.
-        connections.close_all()
-    del os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"]
 
 
 @pytest.fixture

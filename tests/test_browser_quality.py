@@ -5,13 +5,12 @@ labelled at once."""
 import pytest
 
 from datasets.models import Image
-from tests.test_browser import browser  # noqa: F401  (the fixture)
 from tests.test_data_quality import analysed, named, pixels, plant  # noqa: F401  (pixels: the fixture)
 
 pytestmark = pytest.mark.browser
 
 
-def _login(browser, live_server):  # noqa: F811
+def _login(browser, live_server):
     page = browser.new_page()
     page.set_default_timeout(15_000)
     page.goto(f"{live_server.url}/accounts/login/")
@@ -33,7 +32,7 @@ def planted_db(transactional_db, pixels):  # noqa: F811
 
 
 def test_keep_one_image_of_a_leaking_group_and_see_the_split_counts_change(live_server, admin_user, planted_db,
-                                                                           browser):  # noqa: F811  # fmt: skip
+                                                                           browser):  # fmt: skip
     analysed(planted_db)
     page = _login(browser, live_server)
     page.goto(f"{live_server.url}/quality/datasets/{planted_db.pk}/")
@@ -48,7 +47,7 @@ def test_keep_one_image_of_a_leaking_group_and_see_the_split_counts_change(live_
 
 
 def test_more_like_this_from_the_workbench_labels_three_similar_images_at_once(live_server, admin_user, planted_db,
-                                                                               browser):  # noqa: F811  # fmt: skip
+                                                                               browser):  # fmt: skip
     unsure = [f"red-{i}.png" for i in range(8, 16)]
     Image.objects.filter(dataset=planted_db, original_name__in=unsure).update(label=None)
     analysed(planted_db)
@@ -70,7 +69,7 @@ def test_more_like_this_from_the_workbench_labels_three_similar_images_at_once(l
 
 
 def test_where_the_evaluated_model_looked_is_drawn_when_asked_for(live_server, admin_user, transactional_db,
-                                                                  browser):  # noqa: F811  # fmt: skip
+                                                                  browser):  # fmt: skip
     from datasets.services import dataset_create, images_add
     from tests.conftest import train_now
     from tests.images import colour_items
@@ -88,7 +87,7 @@ def test_where_the_evaluated_model_looked_is_drawn_when_asked_for(live_server, a
 
 
 def test_the_drift_panel_draws_confidence_and_class_mix_per_day(live_server, admin_user, transactional_db,
-                                                                browser):  # noqa: F811  # fmt: skip
+                                                                browser):  # fmt: skip
     """Three days of live answers, confidence falling and the mix moving to "blue": one point
     a day on the confidence chart, one stacked bar a day on the mix chart."""
     from datetime import timedelta

@@ -10,7 +10,6 @@ import pytest
 from datasets.models import Dataset, Image, Label, LabelChange
 from datasets.services import dataset_create, images_add
 from tests.images import colour_items
-from tests.test_browser import browser  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -36,7 +35,7 @@ def _labels(ids: list[int]) -> list[str | None]:
     return [names[pk] for pk in ids]
 
 
-def _open(browser, live_server, dataset: Dataset, username: str = "admin", password: str = "password", query=""):  # noqa: F811
+def _open(browser, live_server, dataset: Dataset, username: str = "admin", password: str = "password", query=""):
     """A new browser context logged in as `username`, on the dataset's workbench."""
     page = browser.new_page()
     page.set_default_timeout(15_000)
@@ -66,7 +65,7 @@ def _focused(page) -> int:
     return int(page.evaluate("() => document.activeElement.dataset.id"))
 
 
-def test_label_twenty_images_with_the_keyboard_then_undo(live_server, admin_user, unlabelled, browser):  # noqa: F811
+def test_label_twenty_images_with_the_keyboard_then_undo(live_server, admin_user, unlabelled, browser):
     ids = _ids(unlabelled)
     page = _open(browser, live_server, unlabelled)
     assert _focused(page) == ids[0]
@@ -110,7 +109,7 @@ def test_label_twenty_images_with_the_keyboard_then_undo(live_server, admin_user
     assert page.locator(f".wb-tile[data-id='{ids[19]}']").get_attribute("data-version") == "4"
 
 
-def test_shift_click_a_range_and_assign_it(live_server, admin_user, unlabelled, browser):  # noqa: F811
+def test_shift_click_a_range_and_assign_it(live_server, admin_user, unlabelled, browser):
     ids = _ids(unlabelled)
     page = _open(browser, live_server, unlabelled)
     page.click(f".wb-tile[data-id='{ids[2]}']")
@@ -135,7 +134,7 @@ def test_shift_click_a_range_and_assign_it(live_server, admin_user, unlabelled, 
     assert _labels(ids[10:12]) == ["blue", "blue"]
 
 
-def test_a_new_class_on_the_fly(live_server, admin_user, unlabelled, browser):  # noqa: F811
+def test_a_new_class_on_the_fly(live_server, admin_user, unlabelled, browser):
     ids = _ids(unlabelled)
     page = _open(browser, live_server, unlabelled)
     page.click(f".wb-tile[data-id='{ids[4]}']")
@@ -153,7 +152,7 @@ def test_a_new_class_on_the_fly(live_server, admin_user, unlabelled, browser):  
     assert page.locator("#wb-class-counts tr[data-class='cat 2'] .wb-count").inner_text() == "2"
 
 
-def test_accept_suggestions(live_server, admin_user, unlabelled, browser, tmp_path):  # noqa: F811
+def test_accept_suggestions(live_server, admin_user, unlabelled, browser, tmp_path):
     ids = _ids(unlabelled)
     confident = ids[:5]
     Image.objects.filter(pk__in=confident).update(suggestion="red", suggestion_confidence=0.95)
@@ -187,7 +186,7 @@ def test_a_stale_change_shows_the_conflict_and_overwrites_nothing(
     admin_user,
     django_user_model,
     unlabelled,
-    browser,  # noqa: F811
+    browser,
     tmp_path,
 ):
     django_user_model.objects.create_superuser("alice", "alice@example.com", "alice-pass-123")
@@ -217,7 +216,7 @@ def test_a_stale_change_shows_the_conflict_and_overwrites_nothing(
 
 
 def test_a_key_pressed_before_the_conflict_arrived_is_dropped(live_server, admin_user, django_user_model, unlabelled,
-                                                              browser):  # noqa: F811  # fmt: skip
+                                                              browser):  # fmt: skip
     """Two quick presses on a tile a colleague changed: the first gets 409; the second,
     queued behind it, must not go out with the version the 409 brought (the person
     never saw the colleague's label)."""
@@ -244,7 +243,7 @@ def test_a_key_pressed_before_the_conflict_arrived_is_dropped(live_server, admin
     assert "changed to red by alice" in page.inner_text("#wb-status")
 
 
-def test_next_page_after_labelling_the_unlabelled_skips_nothing(live_server, admin_user, unlabelled, browser,  # noqa: F811
+def test_next_page_after_labelling_the_unlabelled_skips_nothing(live_server, admin_user, unlabelled, browser,
                                                                  monkeypatch):  # fmt: skip
     """Labelled images leave the "unlabelled" filter: PageDown must show the very next
     unlabelled images, not page 2 of what is left (which would skip six)."""
