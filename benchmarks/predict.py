@@ -334,6 +334,7 @@ def child_memory(datasets: dict[str, list[dict[str, Any]]], images: dict[str, st
     django.setup()
     from django.conf import settings
 
+    import classifier_site.urls  # noqa: F401  (every view module: what a web process holds once it serves)
     from classification.predictor import get_predictor
 
     predictor = get_predictor()
