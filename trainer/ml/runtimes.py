@@ -90,16 +90,13 @@ def tensorflow_runtime(
     return Runtime("tensorflow", predict, model_path.stat().st_size, 0.0, 0.0)
 
 
-def onnx_runtime(
-    model_path: Path, onnx_path: Path, *, threads: int, warm_batches: Sequence[int] = (1,), model: Any = None
-) -> Runtime:
+def onnx_runtime(model_path: Path, onnx_path: Path, *, threads: int, warm_batches: Sequence[int] = (1,)) -> Runtime:
     """The model through ONNX Runtime's CPU provider, converted once into `onnx_path`
-    (kept: another process, or this one after a restart, reuses it) from `model_path`
-    or `model`, that file already loaded."""
+    (kept: another process, or this one after a restart, reuses it)."""
     if not onnx_path.exists():
         from trainer.ml.export import load_model, write_onnx
 
-        write_onnx(load_model(model_path) if model is None else model, onnx_path)
+        write_onnx(load_model(model_path), onnx_path)
     predict, shape = onnx_session(onnx_path, threads=threads)
     _warm(predict, shape, warm_batches)
     return Runtime("onnxruntime", predict, onnx_path.stat().st_size, 0.0, 0.0)
@@ -138,7 +135,7 @@ def fastest_runtime(
     Runtime that answers like Keras gets its check record written (see module doc)."""
     from trainer.ml.export import load_model
 
-    model = load_model(model_path)  # once, for both: loading a .keras file costs as much as tracing it
+    model = load_model(model_path)  # once: the reference and the ONNX conversion are of the same file
     keras_runtime = tensorflow_runtime(
         model_path, image_shape=samples.shape[1:], warm_batches=warm_batches, model=model
     )
@@ -182,8 +179,12 @@ def _equal_onnx(
     model: Any, model_path: Path, onnx_path: Path, samples: np.ndarray, expected: np.ndarray, threads: int,
     warm_batches: Sequence[int],
 ) -> tuple[Runtime | None, str]:  # fmt: skip
+    from trainer.ml.export import write_onnx
+
     try:
-        onnx = onnx_runtime(model_path, onnx_path, threads=threads, warm_batches=warm_batches, model=model)
+        if not onnx_path.exists():
+            write_onnx(model, onnx_path)  # from the Keras model fastest_runtime loaded, not the file again
+        onnx = onnx_runtime(model_path, onnx_path, threads=threads, warm_batches=warm_batches)
         difference = float(np.max(np.abs(onnx.predict(samples) - expected)))
     except Exception as exc:  # a conversion or session that fails: serve with Keras
         logger.warning("ONNX Runtime not used for %s: %s", model_path.name, exc)
